@@ -1,0 +1,1 @@
+"""Day-2 operations across the inventory, and local status."""

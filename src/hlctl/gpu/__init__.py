@@ -1,0 +1,1 @@
+"""GPU readings (NVML), health evaluation, alerts and exporters."""

@@ -1,0 +1,1 @@
+"""GGUF models: hub metadata, verified resumable downloads, header reading, fit, lock file."""

@@ -1,0 +1,1 @@
+"""Proxmox preflight and the ansible-playbook runner."""
