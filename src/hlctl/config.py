@@ -163,6 +163,11 @@ class LabConfig(_Strict):
     alerts: Alerts = Alerts()
     router: RouterConfig = RouterConfig()
 
+    @field_validator("models_dir", "state_dir")
+    @classmethod
+    def _expand_home(cls, path: Path) -> Path:
+        return path.expanduser()
+
 
 class LoadedConfig(BaseModel):
     """The effective config and where it came from (``source`` is None for pure defaults)."""

@@ -8,7 +8,7 @@ from hlctl.cli.main import LazyGroup
 
 # fit lives in its own module (header reading and the estimate); the rest handle files.
 MODELS_COMMANDS: dict[str, tuple[str, str]] = {
-    "fit": ("hlctl.cli.models_fit:fit", "Estimate whether a GGUF model fits the GPU, before download."),
+    "fit": ("hlctl.cli.models_fit:fit", "Will a GGUF model fit the GPU? Asked before download."),
     "search": ("hlctl.cli.models_pull:search", "List the GGUF files of a hub repo."),
     "pull": ("hlctl.cli.models_pull:pull", "Download a GGUF model, verified and resumable."),
     "list": ("hlctl.cli.models_pull:list_models", "Show models on disk against models.lock."),
