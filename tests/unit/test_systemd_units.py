@@ -1,0 +1,129 @@
+"""The hlctl-health service and timer templates: rendered with jinja2 as Ansible would, then
+checked by systemd's own parser (``systemd-analyze verify``) and for the settings we promise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jinja2
+import pytest
+
+TEMPLATES = Path(__file__).parents[2] / "roles" / "gpu_healthcheck" / "templates"
+UNITS = ("hlctl-health.service", "hlctl-health.timer")
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+
+# Every variable the templates use; the role's defaults/main.yml must define each of them.
+VARIABLES = {
+    "ansible_managed": "Ansible managed",
+    "gpu_healthcheck_textfile_dir": "/var/lib/prometheus/node-exporter",
+    "gpu_healthcheck_config_file": "/etc/hlctl/hlctl.yaml",
+    "gpu_healthcheck_timeout_s": 50,
+    "gpu_healthcheck_randomized_delay_s": 10,
+}
+
+
+def _hlctl_bin() -> Path:
+    # verify insists that ExecStart's program exists and is executable
+    path = Path(sys.executable).parent / "hlctl"
+    if not path.exists():
+        pytest.skip(f"console script {path} is not installed (pip install -e .)")
+    return path
+
+
+def _render(name: str, **overrides: object) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template(f"{name}.j2").render(**{**VARIABLES, **overrides})
+
+
+def _settings(text: str) -> dict[str, dict[str, list[str]]]:
+    """Unit file -> {section: {key: [values]}}; keys may repeat, as systemd allows."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+@pytest.fixture
+def rendered(tmp_path: Path) -> Path:
+    hlctl = _hlctl_bin()
+    for name in UNITS:
+        (tmp_path / name).write_text(_render(name, gpu_healthcheck_hlctl_bin=str(hlctl)))
+    return tmp_path
+
+
+def test_systemd_analyze_verify_accepts_both_units(rendered: Path) -> None:
+    if not Path(SYSTEMD_ANALYZE).exists():
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    run = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no",
+                          *(str(rendered / n) for n in UNITS)],
+                         capture_output=True, text=True, timeout=60, check=False, cwd=rendered)
+    output = run.stdout + run.stderr
+    # verify prints unknown keys and bad values as warnings yet exits 0: check the text too
+    ours = [line for line in output.splitlines()
+            if "hlctl-health" in line or str(rendered) in line]
+    assert run.returncode == 0, output
+    assert ours == [], output
+
+
+def test_verify_would_catch_a_broken_unit(rendered: Path) -> None:
+    """The check above can fail: a typo and a missing program are reported."""
+    if not Path(SYSTEMD_ANALYZE).exists():
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    broken = rendered / "hlctl-health.service"
+    broken.write_text(_render("hlctl-health.service",
+                              gpu_healthcheck_hlctl_bin=str(rendered / "no-such-hlctl"))
+                      .replace("Type=oneshot", "Typ=oneshot"))
+    run = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", str(broken)],
+                         capture_output=True, text=True, timeout=60, check=False, cwd=rendered)
+    assert run.returncode != 0
+    assert "Unknown key 'Typ'" in run.stderr and "no-such-hlctl" in run.stderr
+
+
+def test_service_runs_the_check_as_a_oneshot_with_nagios_results_as_success() -> None:
+    text = _render("hlctl-health.service", gpu_healthcheck_hlctl_bin="/opt/hlctl/bin/hlctl")
+    service = _settings(text)["Service"]
+    assert service["Type"] == ["oneshot"]
+    assert service["ExecStart"] == ["/opt/hlctl/bin/hlctl health --notify --prometheus "
+                                    "/var/lib/prometheus/node-exporter/hlctl.prom"]
+    assert 0 < int(service["TimeoutStartSec"][0]) < 60  # below the timer's interval
+    # WARNING (1) and CRITICAL (2) are results; UNKNOWN (3) is a check that could not run
+    assert service["SuccessExitStatus"][0].split() == ["1", "2"]
+    assert "HLCTL_CONFIG=/etc/hlctl/hlctl.yaml" in service["Environment"]
+    assert "-/var/lib/prometheus/node-exporter" in service["ReadWritePaths"]
+    # hardening that would cut NVML or the kernel log off must stay out
+    for key in ("PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock",
+                "ProtectKernelLogs", "ProcSubset", "MemoryDenyWriteExecute"):
+        assert key not in service, key
+    assert "CAP_SYSLOG" in service["CapabilityBoundingSet"][0].split()
+    assert service["ProtectSystem"] == ["strict"] and service["NoNewPrivileges"] == ["yes"]
+
+
+def test_timer_runs_every_minute_persistently_with_a_small_delay() -> None:
+    timer = _settings(_render("hlctl-health.timer"))["Timer"]
+    assert timer["OnCalendar"] == ["minutely"]
+    assert timer["Persistent"] == ["true"]
+    assert 0 < int(timer["RandomizedDelaySec"][0]) <= 30
+    assert timer["AccuracySec"] == ["1s"]
+    assert timer["Unit"] == ["hlctl-health.service"]
+
+
+def test_templates_name_every_variable_they_need() -> None:
+    for name in UNITS:
+        with pytest.raises(jinja2.UndefinedError):
+            jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                               undefined=jinja2.StrictUndefined).get_template(
+                f"{name}.j2").render()
+        _render(name, gpu_healthcheck_hlctl_bin="/x")  # complete with VARIABLES
