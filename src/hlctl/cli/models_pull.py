@@ -1,0 +1,472 @@
+"""`hlctl models search|pull|list|verify|rm`: parse, call hlctl.models, print.
+
+Heavy imports (huggingface_hub, httpx, rich) happen inside the commands, so that help and
+other commands stay light.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from hlctl.cli.output import console, print_json
+from hlctl.context import AppContext
+from hlctl.errors import HlctlError, UsageError
+
+if TYPE_CHECKING:
+    from hlctl.models.hub import RemoteModel, RepoListing
+    from hlctl.models.lock import LockedModel, ModelsLock
+
+_dir_option = click.option("--dir", "models_dir", type=click.Path(path_type=Path, file_okay=False),
+                           help="Models directory (default: models_dir from the lab config); "
+                                "files go to DIR/OWNER/NAME/FILE.")
+_lock_option = click.option("--lock", "lock_path", type=click.Path(path_type=Path, dir_okay=False),
+                            help="Lock file (default: models.lock next to the lab config file, "
+                                 "or in the models directory when there is no config file).")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+# -- shared plumbing ------------------------------------------------------------------------------
+
+def _app(ctx: click.Context) -> AppContext:
+    app = ctx.find_object(AppContext)
+    return app if app is not None else AppContext()
+
+
+def _models_dir(app: AppContext, explicit: Path | None) -> Path:
+    return (explicit or app.config.models_dir).expanduser()
+
+
+def lock_location(app: AppContext, models_dir: Path, explicit: Path | None) -> Path:
+    """models.lock next to the lab config file; in the models dir when defaults are in use."""
+    if explicit is not None:
+        return explicit
+    source = app.loaded.source
+    return source.parent / "models.lock" if source is not None else models_dir / "models.lock"
+
+
+def _hub_access(app: AppContext) -> tuple[str, str | None]:
+    from hlctl.models.hub import default_endpoint, default_token
+
+    return default_endpoint(app.environ), default_token(app.environ)
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return str(count)
+
+
+class _ProgressDisplay:
+    """A rich progress bar (speed, ETA) on a TTY; nothing at all otherwise or in --json."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._progress: Any = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(), console=console(stderr=True),
+                transient=False)
+
+    @contextmanager
+    def running(self) -> Iterator[_ProgressDisplay]:
+        if self._progress is None:
+            yield self
+            return
+        with self._progress:
+            yield self
+
+    def task(self, name: str, total: int) -> Callable[[int, int], None] | None:
+        if self._progress is None:
+            return None
+        task_id = self._progress.add_task(name, total=total)
+        progress = self._progress
+        return lambda done, total_: progress.update(task_id, completed=done, total=total_)
+
+    def note(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(message)
+
+
+def _tty(as_json: bool) -> bool:
+    return not as_json and sys.stderr.isatty()
+
+
+# -- search ---------------------------------------------------------------------------------------
+
+@click.command()
+@click.argument("repo")
+@click.option("--revision", default="main", show_default=True, help="Branch, tag or commit.")
+@_json_option
+@click.pass_context
+def search(ctx: click.Context, repo: str, revision: str, as_json: bool) -> None:
+    """List the GGUF models of a hub repo: quant, size and shard count.
+
+    \b
+    Examples:
+      hlctl models search bartowski/Mistral-7B-Instruct-v0.3-GGUF
+      hlctl models search unsloth/gemma-3-270m-it-GGUF --json
+    """
+    from hlctl.models.hub import fetch_listing
+
+    endpoint, token = _hub_access(_app(ctx))
+    listing = fetch_listing(repo, revision, endpoint=endpoint, token=token)
+    if as_json:
+        print_json({"repo": listing.repo, "revision": listing.revision,
+                    "commit": listing.commit, "gated": listing.gated,
+                    "models": [_model_json(m) for m in listing.models]})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{listing.repo} @ {listing.commit[:12]}")
+    for column in ("Model", "Quant", "Shards", "Size"):
+        table.add_column(column, justify="right" if column in ("Shards", "Size") else "left")
+    for model in listing.models:
+        table.add_row(model.name, model.quant or "-", str(model.shard_count), _size(model.size))
+    console().print(table)
+    if not listing.models:
+        click.echo(f"{repo} has no GGUF files", err=True)
+
+
+def _model_json(model: RemoteModel) -> dict[str, Any]:
+    return {"name": model.name, "quant": model.quant, "size": model.size,
+            "shards": model.shard_count, "complete": model.complete,
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in model.files]}
+
+
+# -- pull -----------------------------------------------------------------------------------------
+
+@click.command()
+@click.argument("repo", required=False)
+@click.argument("file", required=False)
+@click.option("--quant", help="Pick the model with this quant, e.g. Q4_K_M.")
+@click.option("--revision", default="main", show_default=True, help="Branch, tag or commit.")
+@_dir_option
+@_lock_option
+@click.option("--locked", is_flag=True,
+              help="Pull exactly what models.lock lists (all of it, or REPO's entries).")
+@click.option("--no-fit-check", is_flag=True, help="Download even if the model will not fit.")
+@_json_option
+@click.pass_context
+def pull(ctx: click.Context, repo: str | None, file: str | None, quant: str | None,
+         revision: str, models_dir: Path | None, lock_path: Path | None, locked: bool,
+         no_fit_check: bool, as_json: bool) -> None:
+    """Download a GGUF model, verified by sha256 and resumable, and pin it in models.lock.
+
+    \b
+    Examples:
+      hlctl models pull bartowski/Mistral-7B-Instruct-v0.3-GGUF --quant Q4_K_M
+      hlctl models pull unsloth/gemma-3-270m-it-GGUF gemma-3-270m-it-Q4_K_M.gguf
+      hlctl models pull --locked          # the exact set in models.lock, on another host
+    """
+    app = _app(ctx)
+    root = _models_dir(app, models_dir)
+    lock_file = lock_location(app, root, lock_path)
+    endpoint, token = _hub_access(app)
+    display = _ProgressDisplay(_tty(as_json))
+    started = time.monotonic()
+    if locked:
+        if file or quant:
+            raise UsageError("--locked pulls what the lock lists; give at most REPO")
+        results = _pull_locked(root, lock_file, repo, endpoint, token, display)
+    else:
+        if repo is None:
+            raise UsageError("give a hub repo (OWNER/NAME), or --locked",
+                             hint="e.g. hlctl models pull bartowski/Mistral-7B-Instruct-v0.3-GGUF "
+                                  "--quant Q4_K_M")
+        if file and quant:
+            raise UsageError("give FILE or --quant, not both")
+        results = [_pull_one(app, root, lock_file, repo, file, quant, revision, endpoint, token,
+                             display, no_fit_check)]
+    seconds = time.monotonic() - started
+    if as_json:
+        print_json({"models_dir": str(root), "lock": str(lock_file), "seconds": round(seconds, 3),
+                    "models": results})
+        return
+    for result in results:
+        fetched = sum(f["downloaded"] for f in result["files"])
+        state = "already present" if all(f["skipped"] for f in result["files"]) else \
+            f"downloaded {_size(fetched)}"
+        click.echo(f"{result['repo']}/{result['name']}: {state}, sha256 verified "
+                   f"({len(result['files'])} file{'s' if len(result['files']) > 1 else ''}, "
+                   f"{_size(result['size'])}) -> {Path(result['files'][0]['local_path']).parent}")
+    click.echo(f"pinned in {lock_file}" if not locked else f"matches {lock_file}")
+
+
+def _pull_one(app: AppContext, root: Path, lock_file: Path, repo: str, file: str | None,
+              quant: str | None, revision: str, endpoint: str, token: str | None,
+              display: _ProgressDisplay, no_fit_check: bool) -> dict[str, Any]:
+    from hlctl.models.hub import HubError, fetch_listing, select_model
+    from hlctl.models.lock import LockedFile, LockedModel, locked_update
+
+    listing = fetch_listing(repo, revision, endpoint=endpoint, token=token)
+    model = select_model(listing.models, file=file, quant=quant, repo=repo)
+    for remote in model.files:
+        if remote.sha256 is None:
+            raise HubError(f"{remote.path} has no sha256 on the hub (not an LFS file): "
+                           "hlctl cannot verify it")
+    if not no_fit_check:
+        fit_check_before_pull(app, listing, model, endpoint, token)
+    files = [(f.path, f.size, f.sha256 or "") for f in model.files]
+    results = _download_files(root, repo, listing.commit, files, endpoint, token, display)
+    with locked_update(lock_file) as lock:
+        lock.upsert(LockedModel(
+            repo=repo, name=model.name, revision=revision, commit=listing.commit,
+            quant=model.quant, pulled_at=app.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            files=tuple(LockedFile(path, size, sha) for path, size, sha in files)))
+    return {"repo": repo, "name": model.name, "quant": model.quant, "revision": revision,
+            "commit": listing.commit, "size": model.size, "files": results}
+
+
+def _pull_locked(root: Path, lock_file: Path, repo: str | None, endpoint: str,
+                 token: str | None, display: _ProgressDisplay) -> list[dict[str, Any]]:
+    from hlctl.models.hub import HubError, paths_info
+    from hlctl.models.lock import read_lock
+
+    lock = read_lock(lock_file)
+    chosen = [m for m in lock.models if repo is None or m.repo == repo]
+    if not chosen:
+        raise UsageError(f"{lock_file} lists no models" + (f" of {repo}" if repo else ""),
+                         hint="pull without --locked first; that writes the lock")
+    results = []
+    for model in chosen:
+        # The lock is the authority, but a hub that disagrees about a pinned commit is a red flag.
+        remote = paths_info(model.repo, model.commit, [f.path for f in model.files],
+                            endpoint=endpoint, token=token)
+        for locked_file in model.files:
+            found = remote.get(locked_file.path)
+            if found is None:
+                raise HubError(f"{model.repo}@{model.commit[:12]} no longer has {locked_file.path}")
+            if (found.sha256, found.size) != (locked_file.sha256, locked_file.size):
+                raise HubError(
+                    f"{model.repo}@{model.commit[:12]}: {locked_file.path} on the hub "
+                    f"(sha256 {found.sha256}, {found.size} bytes) differs from {lock_file} "
+                    f"(sha256 {locked_file.sha256}, {locked_file.size} bytes)")
+        files = [(f.path, f.size, f.sha256) for f in model.files]
+        results.append({"repo": model.repo, "name": model.name, "quant": model.quant,
+                        "revision": model.revision, "commit": model.commit, "size": model.size,
+                        "files": _download_files(root, model.repo, model.commit, files, endpoint,
+                                                 token, display)})
+    return results
+
+
+def _download_files(root: Path, repo: str, commit: str, files: list[tuple[str, int, str]],
+                    endpoint: str, token: str | None,
+                    display: _ProgressDisplay) -> list[dict[str, Any]]:
+    """Check every name and the disk first, then fetch each file; nothing is written before."""
+    from hlctl.models.download import (
+        DownloadSpec,
+        bytes_to_fetch,
+        check_space,
+        download,
+        new_client,
+    )
+    from hlctl.models.hub import local_path, resolve_url
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    specs = [DownloadSpec(url=resolve_url(repo, commit, path, endpoint),
+                          dest=local_path(root, repo, path), size=size, sha256=sha256,
+                          headers=headers) for path, size, sha256 in files]
+    check_space(specs[0].dest.parent, sum(bytes_to_fetch(s) for s in specs))
+    results = []
+    with new_client() as client, display.running():
+        for spec in specs:
+            result = download(
+                spec, client=client, progress=display.task(spec.dest.name, spec.size),
+                on_wait=lambda spec=spec: _waiting(display, spec.dest))
+            results.append({"path": spec.dest.relative_to(root / repo).as_posix(),
+                            "local_path": str(result.path), "size": result.size,
+                            "sha256": result.sha256, "downloaded": result.downloaded,
+                            "resumed_from": result.resumed_from, "skipped": result.skipped,
+                            "seconds": round(result.seconds, 3)})
+    return results
+
+
+def _waiting(display: _ProgressDisplay, dest: Path) -> None:
+    message = f"another pull of {dest.name} is running; waiting for it"
+    display.note(message)
+    click.echo(message, err=True)
+
+
+def fit_check_before_pull(app: AppContext, listing: RepoListing, model: RemoteModel,
+                          endpoint: str, token: str | None) -> None:
+    """Refuse a model that will not fit, before downloading it: the hook into hlctl.models.fit.
+
+    It calls ``hlctl.models.fit.check_before_pull(repo, commit, files, endpoint=, token=,
+    app=)`` when the fit module provides it; that function raises an HlctlError (exit 1,
+    message naming --no-fit-check) when the model does not fit and returns otherwise. Until it
+    exists the check is skipped: pull still refuses on disk space, and `hlctl models fit` runs
+    on its own.
+    """
+    try:
+        from hlctl.models import fit
+    except ImportError:
+        return
+    check = getattr(fit, "check_before_pull", None)
+    if check is None:
+        return
+    check(listing.repo, listing.commit, list(model.files), endpoint=endpoint, token=token,
+          app=app)
+
+
+# -- list / verify / rm -----------------------------------------------------------------------
+
+def _read(app: AppContext, models_dir: Path | None,
+          lock_path: Path | None) -> tuple[Path, Path, ModelsLock]:
+    from hlctl.models.lock import read_lock
+
+    root = _models_dir(app, models_dir)
+    lock_file = lock_location(app, root, lock_path)
+    return root, lock_file, read_lock(lock_file)
+
+
+def _print_states(states: list[Any], root: Path, lock_file: Path, as_json: bool) -> None:
+    if as_json:
+        print_json({"models_dir": str(root), "lock": str(lock_file),
+                    "files": [s.to_json() for s in states]})
+        return
+    if not states:
+        click.echo(f"no models in {root} and none in {lock_file}")
+        return
+    from rich.table import Table
+
+    colours = {"ok": "green", "missing": "red", "modified": "red", "unknown": "yellow",
+               "partial": "yellow"}
+    table = Table(caption=f"{root} against {lock_file}")
+    for column in ("Model", "File", "State", "Size"):
+        table.add_column(column, justify="right" if column == "Size" else "left")
+    for state in states:
+        try:
+            shown = state.path.relative_to(root)
+        except ValueError:
+            shown = state.path
+        model = f"{state.repo}/{state.model}" if state.repo else "-"
+        table.add_row(model, str(shown), f"[{colours[state.state]}]{state.state}[/]",
+                      _size(state.size))
+    console().print(table)
+
+
+@click.command("list")
+@_dir_option
+@_lock_option
+@_json_option
+@click.pass_context
+def list_models(ctx: click.Context, models_dir: Path | None, lock_path: Path | None,
+                as_json: bool) -> None:
+    """Show the models on disk against models.lock: ok, missing, modified, partial, unknown.
+
+    Cheap: it compares sizes and hlctl's verification mark; `hlctl models verify` re-hashes.
+
+    \b
+    Examples:
+      hlctl models list
+      hlctl models list --json
+    """
+    from hlctl.models.store import scan
+
+    root, lock_file, lock = _read(_app(ctx), models_dir, lock_path)
+    _print_states(scan(root, lock), root, lock_file, as_json)
+
+
+@click.command()
+@click.argument("name", required=False)
+@_dir_option
+@_lock_option
+@_json_option
+@click.pass_context
+def verify(ctx: click.Context, name: str | None, models_dir: Path | None,
+           lock_path: Path | None, as_json: bool) -> None:
+    """Re-hash models on disk against the sha256 in models.lock; exit 1 on any mismatch.
+
+    \b
+    Examples:
+      hlctl models verify
+      hlctl models verify Mistral-7B-Instruct-v0.3-Q4_K_M --json
+    """
+    from hlctl.models.store import OK, scan
+
+    root, lock_file, lock = _read(_app(ctx), models_dir, lock_path)
+    only = _find(lock, name, lock_file) if name else list(lock.models)
+    display = _ProgressDisplay(_tty(as_json))
+    tasks: dict[Path, Any] = {}
+
+    def progress(path: Path, done: int, total: int) -> None:
+        if path not in tasks:
+            tasks[path] = display.task(f"verify {path.name}", total)
+        if tasks[path]:
+            tasks[path](done, total)
+
+    with display.running():
+        states = scan(root, lock, rehash=True, only=only, progress=progress)
+    _print_states(states, root, lock_file, as_json)
+    bad = [s for s in states if s.state != OK]
+    if bad:
+        raise _Quiet(f"{len(bad)} of {len(states)} files are not ok"
+                     + ("" if as_json else ": " + ", ".join(f"{s.path.name} ({s.state})"
+                                                          for s in bad[:5])))
+
+
+class _Quiet(HlctlError):
+    """A failure whose detail was already printed; exit 1 with a one-line summary."""
+
+
+@click.command()
+@click.argument("name")
+@_dir_option
+@_lock_option
+@_json_option
+@click.pass_context
+def rm(ctx: click.Context, name: str, models_dir: Path | None, lock_path: Path | None,
+       as_json: bool) -> None:
+    """Remove a model's files from disk and its entry from models.lock.
+
+    NAME is a model name (as `hlctl models list` shows it), REPO/NAME, or a repo with one model.
+
+    \b
+    Examples:
+      hlctl models rm Mistral-7B-Instruct-v0.3-Q4_K_M
+    """
+    from hlctl.models.lock import locked_update
+    from hlctl.models.store import remove_model
+
+    root, lock_file, lock = _read(_app(ctx), models_dir, lock_path)
+    (model,) = _find(lock, name, lock_file, single=True)
+    removed = remove_model(root, model)
+    with locked_update(lock_file) as fresh:
+        fresh.remove(model.key)
+    if as_json:
+        print_json({"repo": model.repo, "name": model.name, "removed": [str(p) for p in removed],
+                    "lock": str(lock_file)})
+        return
+    click.echo(f"removed {model.repo}/{model.name}: {len(removed)} file"
+               f"{'' if len(removed) == 1 else 's'} deleted, dropped from {lock_file}")
+
+
+def _find(lock: ModelsLock, name: str, lock_file: Path, single: bool = False) -> list[LockedModel]:
+    found = lock.find(name)
+    if not found:
+        known = ", ".join(f"{m.repo}/{m.name}" for m in lock.models[:6]) or "none"
+        raise UsageError(f"{name!r} is not in {lock_file}", hint=f"models: {known}")
+    if single and len(found) > 1:
+        raise UsageError(f"{name!r} matches {len(found)} models",
+                         hint="name one: " + ", ".join(f"{m.repo}/{m.name}" for m in found))
+    return found
