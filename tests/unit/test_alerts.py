@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from hlctl.config import Alerts
+from hlctl.config import Alerts, HealthThresholds
 from hlctl.gpu.alerts import (
     DB_NAME,
     AlertStore,
@@ -21,7 +22,8 @@ from hlctl.gpu.alerts import (
     ntfy_message,
     state_changes,
 )
-from hlctl.gpu.health import CheckResult, HealthReport, State
+from hlctl.gpu.health import CheckResult, HealthReport, State, evaluate_health
+from hlctl.gpu.snapshot import GpuSnapshot, HostSnapshot
 
 OK, WARN, CRIT, UNK, NA = State.OK, State.WARNING, State.CRITICAL, State.UNKNOWN, State.NA
 AT = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
@@ -77,13 +79,60 @@ def test_only_the_changed_check_alerts() -> None:
     assert [t.key for t in state_changes(stored, report)] == ["gpu0.temperature"]
 
 
-def test_na_and_absent_checks_keep_their_stored_state() -> None:
+def test_na_keeps_its_stored_state_and_absent_checks_are_forgotten() -> None:
     stored = {"gpu0.ecc": WARN, "gpu1.temperature": CRIT}
     report = _report(("gpu0.ecc", NA), ("gpu0.fan", OK))
-    assert next_states(stored, report) == {"gpu0.ecc": WARN, "gpu1.temperature": CRIT,
-                                           "gpu0.fan": OK}
-    # so a check that comes back in the same state does not page again
+    assert next_states(stored, report) == {"gpu0.ecc": WARN, "gpu0.fan": OK}
+    # a check that comes back from n/a in the same state does not page again
     assert state_changes(next_states(stored, report), _report(("gpu0.ecc", WARN))) == []
+
+
+def test_a_failure_that_comes_back_after_recovery_alerts_again(tmp_path: Path) -> None:
+    """health.py emits host.nvml only while NVML fails; each new failure must page."""
+    broken = HostSnapshot(host="gpu01", taken_at="2026-11-29T02:00:00Z",
+                          error="Driver/library version mismatch", error_kind="driver_mismatch")
+    healthy = HostSnapshot(host="gpu01", taken_at="2026-11-29T02:01:00Z",
+                           cuda_driver_version=12010,
+                           gpus=[GpuSnapshot(index=0, uuid="GPU-1", name="x", pci_bus_id="0")])
+    store = AlertStore(tmp_path / DB_NAME)
+    try:
+        runs = [store.apply(evaluate_health(s, HealthThresholds()), [], AT)
+                for s in (broken, healthy, healthy, broken)]
+    finally:
+        store.close()
+    nvml = [[(t.old, t.new) for t in run if t.key == "host.nvml"] for run in runs]
+    assert nvml == [[(None, CRIT)], [], [], [(None, CRIT)]]
+
+
+def test_two_runs_at_once_alert_a_change_once(tmp_path: Path) -> None:
+    report = _report(("gpu0.temperature", CRIT))
+    barrier = threading.Barrier(4)
+    results: list[list[Transition]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            store = AlertStore(tmp_path / DB_NAME)
+            try:
+                barrier.wait()
+                results.append(store.apply(report, ["ops"], AT))
+            finally:
+                store.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(len(r) for r in results) == [0, 0, 0, 1]
+    store = AlertStore(tmp_path / DB_NAME)
+    try:
+        assert len(store.pending()) == 1
+    finally:
+        store.close()
 
 
 def test_json_payload_has_the_documented_keys() -> None:

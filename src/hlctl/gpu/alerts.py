@@ -3,7 +3,8 @@
 A check every minute must not page every minute. ``state_changes`` (pure) compares each check
 with the state stored from the previous run: OK -> WARNING alerts, CRITICAL -> OK alerts,
 WARNING -> WARNING does not. The first run that sees a check alerts only when it is not OK;
-an n/a check never alerts and leaves its stored state alone.
+an n/a check never alerts and leaves its stored state alone; a check missing from a run is
+forgotten, so it counts as new when it returns (see ``next_states``).
 
 ``alerts.db`` (SQLite, WAL, in the state directory) keeps each check's last state and an
 outbox of deliveries. The new states and the outbox rows are written in one transaction
@@ -107,8 +108,15 @@ def state_changes(previous: Mapping[str, State], report: HealthReport) -> list[T
 
 
 def next_states(previous: Mapping[str, State], report: HealthReport) -> dict[str, State]:
-    """States to remember after this run: n/a and absent checks keep what they had."""
-    states = dict(previous)
+    """States to remember after this run.
+
+    An n/a check keeps its state (a sensor that blinks out and back does not page twice). A
+    check absent from the report is forgotten: health.py emits some checks only when they
+    fail (``host.nvml``) and drops a lost GPU's readings, so when such a check comes back
+    failing it must alert again as on its first run, not stay silent behind a stale state.
+    """
+    states = {c.key: previous[c.key] for c in report.checks
+              if c.state is State.NA and c.key in previous}
     states.update({c.key: c.state for c in report.checks if c.state is not State.NA})
     return states
 
@@ -222,6 +230,9 @@ class AlertStore:
                 else:
                     self._db.execute("UPDATE check_state SET seen_at=? WHERE key=?",
                                      (stamp, check.key))
+            present = {c.key for c in report.checks}
+            self._db.executemany("DELETE FROM check_state WHERE key=?",
+                                 [(k,) for k in previous if k not in present])
             for t in changes:
                 body = json.dumps(alert_payload(t, host=report.host, at=at))
                 for name in webhooks:
