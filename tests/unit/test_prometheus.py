@@ -222,3 +222,27 @@ def test_reader_never_sees_a_half_written_file(tmp_path: Path) -> None:
         thread.join()
     assert torn == []
     assert not [p for p in os.listdir(tmp_path) if p != "hlctl.prom"]
+
+
+def test_cli_writes_the_textfile_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    """``hlctl health --from FILE --prometheus OUT`` end to end, as the systemd unit runs it."""
+    import subprocess
+    import sys
+
+    hlctl = Path(sys.executable).parent / "hlctl"
+    if not hlctl.exists():
+        pytest.skip(f"console script {hlctl} is not installed (pip install -e .)")
+    snapshot = Path(__file__).parent / "health_cases" / "hot_3090.json"
+    config = tmp_path / "hlctl.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    out = tmp_path / "textfile" / "hlctl.prom"
+    out.parent.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "HLCTL_CONFIG"}
+    run = subprocess.run([str(hlctl), "--config", str(config), "health", "--from", str(snapshot),
+                          "--prometheus", str(out)], capture_output=True, text=True, env=env,
+                         timeout=60, check=False)
+    assert run.returncode == 2, run.stderr
+    metrics = _parse(out.read_text())
+    assert _value(metrics, "DCGM_FI_DEV_GPU_TEMP", gpu="0") == 93
+    assert _value(metrics, "hlctl_health_status", gpu="0", check="temperature") == 2
+    assert os.listdir(out.parent) == ["hlctl.prom"]
