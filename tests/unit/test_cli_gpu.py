@@ -21,7 +21,7 @@ from hlctl.cli.main import cli
 from hlctl.gpu.nvml import read_snapshot
 from hlctl.gpu.snapshot import SCHEMA, snapshot_from_dict
 from hlctl.gpu.xid import KernelXid, StaticXidSource
-from tests.fixtures.nvml_sim import NvmlSim
+from tests.fixtures.nvml_sim import NvmlSim, load_scenario
 
 XIDS = [KernelXid("0000:41:00.0", 13, "2026-11-29T00:59:30+00:00")]
 
@@ -116,3 +116,29 @@ def test_gpu_modules_do_not_import_pynvml_until_used() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_watch_prints_nvml_xid_events(env: dict[str, str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    scenario = load_scenario("two_gpus")
+    scenario["events"] = [{"gpu": 1, "xid": 79}, {"gpu": 0, "xid": 13}]
+    monkeypatch.setattr(nvml, "load_pynvml", lambda: NvmlSim(scenario))
+    result = CliRunner().invoke(cli, ["gpu", "watch", "--json", "--count", "2"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["gpu"], e["xid"]) for e in lines] == [(1, 79), (0, 13)]
+
+
+def test_watch_times_out_quietly(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nvml, "load_pynvml", lambda: NvmlSim("healthy_3090"))
+    result = CliRunner().invoke(cli, ["gpu", "watch", "--timeout", "0.05"], env=env)
+    assert result.exit_code == 0 and result.stdout == ""
+
+
+def test_watch_without_driver_is_one_line(env: dict[str, str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nvml, "load_pynvml", lambda: NvmlSim("driver_mismatch"))
+    result = CliRunner().invoke(cli, ["gpu", "watch"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: NVML could not start (driver_mismatch)")
+    assert result.stderr.count("\n") == 1

@@ -269,3 +269,13 @@ def test_committed_snapshots_match_the_generator() -> None:
     assert sorted(on_disk) == sorted(expected)
     stale = [name for name, text in expected.items() if on_disk[name] != text]
     assert not stale, f"stale: {stale}; run python -m tests.fixtures.make_snapshots"
+
+
+def test_watch_skips_a_gpu_it_cannot_register() -> None:
+    scenario = copy.deepcopy(load_scenario("two_gpus"))
+    scenario["gpus"][0]["lost"] = True
+    scenario["events"] = [{"gpu": 0, "xid": 79}, {"gpu": 1, "xid": 48}]
+    seen: list[WatchedXid] = []
+    for event in watch_xid_events(nvml=NvmlSim(scenario), timeout_ms=1, stop=lambda: bool(seen)):
+        seen.append(event)
+    assert [(e.gpu, e.xid) for e in seen] == [(1, 48)]

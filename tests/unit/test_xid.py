@@ -259,3 +259,20 @@ def test_real_kmsg_reads_this_machine() -> None:
 def test_kmsg_permission_error_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(XidSourceError, match="cannot read"):
         list(read_kmsg(str(tmp_path / "no-such-kmsg")))
+
+
+def test_real_kmsg_source_stores_this_boot_and_last_sequence(tmp_path: Path) -> None:
+    """KernelLogXidSource over the real /dev/kmsg: cursor = this boot, newest record."""
+    try:
+        records = list(read_kmsg())
+    except XidSourceError as exc:
+        pytest.skip(f"/dev/kmsg not readable here: {exc}")
+    if not records:
+        pytest.skip("the kernel ring buffer is empty here")
+    source = KernelLogXidSource(tmp_path, backend="kmsg")
+    source.read()
+    stored = load_cursor(tmp_path / CURSOR_FILE)
+    assert stored is not None and stored["source"] == "kmsg"
+    assert stored["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    last = parse_kmsg_record(records[-1])
+    assert last is not None and stored["seq"] >= last[0]

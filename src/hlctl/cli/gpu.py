@@ -47,6 +47,7 @@ def gpu() -> None:
     Examples:
       hlctl gpu info              a table of every GPU
       hlctl gpu info --json       the snapshot (schema hlctl.gpu-snapshot/1)
+      hlctl gpu watch             XID errors as NVML reports them
     """
 
 
@@ -75,6 +76,55 @@ def info(app: AppContext | None, as_json: bool) -> None:
     else:
         _print(snapshot)
     if snapshot.error is not None:
+        raise click.exceptions.Exit(1)
+
+
+@gpu.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event and line.")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Stop after this many events.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None,
+              help="Stop after this many seconds.")
+def watch(as_json: bool, count: int | None, timeout_s: float | None) -> None:
+    """Print critical XID errors the moment NVML reports them, until Ctrl-C.
+
+    NVML tells only a process that is listening; `hlctl health` reads the kernel log instead,
+    so nothing is missed between checks. Exits 1 when NVML cannot start.
+
+    \b
+    Examples:
+      hlctl gpu watch
+      hlctl gpu watch --json --count 1     wait for the next XID, print it, exit
+    """
+    import json
+    import time
+
+    from hlctl.gpu.nvml import NvmlUnavailable, watch_xid_events
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    seen = 0
+
+    def stop() -> bool:
+        return (count is not None and seen >= count) or (
+            deadline is not None and time.monotonic() >= deadline)
+
+    try:
+        events = watch_xid_events(stop=stop, timeout_ms=500)
+        if not as_json:
+            click.echo("listening for XID errors (Ctrl-C to stop)", err=True)
+        for event in events:
+            seen += 1
+            if as_json:
+                click.echo(json.dumps({"gpu": event.gpu, "xid": event.xid, "at": event.at}))
+            else:
+                click.echo(f"{event.at}  GPU {event.gpu}  XID {event.xid}")
+    except NvmlUnavailable as exc:
+        click.echo(f"error: NVML could not start ({exc.kind}): {exc}", err=True)
+        raise click.exceptions.Exit(1) from None
+    except KeyboardInterrupt:
+        return
+    if seen == 0 and count is not None and not stop():
+        click.echo("error: no GPU here supports XID events", err=True)
         raise click.exceptions.Exit(1)
 
 

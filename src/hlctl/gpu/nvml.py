@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from hlctl.errors import HlctlError
 from hlctl.gpu.snapshot import (
     EccCounts,
     GpuSnapshot,
@@ -35,7 +36,6 @@ from hlctl.gpu.snapshot import (
 )
 from hlctl.gpu.xid import (
     KernelLogXidSource,
-    KernelXid,
     NoXidSource,
     XidSource,
     XidSourceError,
@@ -285,6 +285,14 @@ def read_snapshot(*, nvml: Nvml | None = None, host: str | None = None,
 # ---------------------------------------------------------------------------------------------
 # --watch: NVML's own XID events, seen only while this process listens.
 
+class NvmlUnavailable(HlctlError):
+    """NVML could not start; ``kind`` is the snapshot's error_kind."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 @dataclass(frozen=True)
 class WatchedXid:
     gpu: int
@@ -295,14 +303,23 @@ class WatchedXid:
 def watch_xid_events(*, nvml: Nvml | None = None, timeout_ms: int = 1000,
                      stop: Callable[[], bool] = lambda: False,
                      clock: Callable[[], datetime] | None = None) -> Iterator[WatchedXid]:
-    """Yield critical XID events as NVML reports them, until ``stop()`` is true.
+    """Start NVML now, then yield critical XID events as NVML reports them until ``stop()``.
 
-    ``stop`` is checked every ``timeout_ms``, so a watch loop can end cleanly. GPUs that do
-    not support the event type are skipped; with none left the generator ends at once.
+    NVML starts before this returns, so a failure raises NvmlUnavailable here rather than at
+    the first event. ``stop`` is checked every ``timeout_ms``, so a watch loop ends cleanly;
+    GPUs that do not support the event type are skipped, and with none left the iterator
+    ends at once. Iterate it to its end (or close() it) so NVML is shut down.
     """
     nv = nvml if nvml is not None else load_pynvml()
-    now = clock or _utc_now
-    nv.nvmlInit()
+    try:
+        nv.nvmlInit()
+    except nv.NVMLError as exc:
+        raise NvmlUnavailable(*_init_error(nv, exc)) from None
+    return _watch(nv, timeout_ms, stop, clock or _utc_now)
+
+
+def _watch(nv: Nvml, timeout_ms: int, stop: Callable[[], bool],
+           now: Callable[[], datetime]) -> Iterator[WatchedXid]:
     try:
         event_set = nv.nvmlEventSetCreate()
         registered = 0
@@ -340,6 +357,3 @@ def kernel_xids_for_peek(state_dir: Path | None) -> XidSource:
     """The source ``hlctl gpu info`` uses: what the next check will see, cursor untouched."""
     return KernelLogXidSource(state_dir, consume=False)
 
-
-__all__ = ["KernelXid", "WatchedXid", "kernel_xids_for_peek", "load_pynvml", "read_snapshot",
-           "watch_xid_events"]
