@@ -276,3 +276,13 @@ def test_real_kmsg_source_stores_this_boot_and_last_sequence(tmp_path: Path) -> 
     assert stored["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     last = parse_kmsg_record(records[-1])
     assert last is not None and stored["seq"] >= last[0]
+
+
+def test_unwritable_state_dir_still_reports_xids(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")
+    journal = FakeJournal()
+    journal.log(XID79)
+    source = KernelLogXidSource(blocker, backend="journal", journal=journal)
+    assert [e.xid for e in source.read()] == [79]
+    assert [e.xid for e in source.read()] == [79]  # not remembered, so reported again

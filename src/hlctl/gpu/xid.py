@@ -305,7 +305,13 @@ class KernelLogXidSource:
             events, pending = self._read_kmsg(stored)
         self._pending = pending
         if self.consume:
-            self.commit()
+            try:
+                self.commit()
+            except OSError as exc:
+                # The XIDs are real even if we cannot remember reading them: report them now
+                # (and again next run) rather than hide them.
+                log.warning("cannot store the XID cursor in %s: %s", self.cursor_path,
+                            exc.strerror or exc)
         return events
 
     def commit(self) -> None:
