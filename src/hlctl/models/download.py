@@ -159,6 +159,12 @@ def download(spec: DownloadSpec, *, client: httpx.Client | None = None,
         client = client or new_client()
         try:
             fetched, resumed, digest = _fetch(spec, client, progress, retry or RetryPolicy())
+        except BaseException:
+            # Keep a partial worth resuming; an empty one is only clutter.
+            with contextlib.suppress(OSError):
+                if spec.partial.stat().st_size == 0:
+                    spec.partial.unlink()
+            raise
         finally:
             if own_client:
                 client.close()
@@ -323,21 +329,30 @@ def _check_response(spec: DownloadSpec, response: httpx.Response, have: int) -> 
 
 
 class _Blocks:
-    """Join small network reads into blocks of about ``size`` bytes."""
+    """Join small network reads into blocks of about ``size`` bytes, or what ``interval`` brought.
 
-    def __init__(self, size: int) -> None:
+    Large blocks keep the per-block costs (queueing, syscalls) small on a fast link; the time
+    limit keeps a slow link's bytes flowing to disk and to the progress bar.
+    """
+
+    def __init__(self, size: int, interval: float = 0.5) -> None:
         self._size = size
+        self._interval = interval
         self._pending: list[bytes] = []
         self._count = 0
+        self._since = time.monotonic()
 
     def add(self, chunk: bytes) -> bytes | None:
         self._pending.append(chunk)
         self._count += len(chunk)
-        return self.flush() if self._count >= self._size else None
+        if self._count >= self._size or time.monotonic() - self._since >= self._interval:
+            return self.flush()
+        return None
 
     def flush(self) -> bytes:
         block = b"".join(self._pending)
         self._pending, self._count = [], 0
+        self._since = time.monotonic()
         return block
 
 
@@ -448,8 +463,9 @@ def _mark_verified(path: Path, sha256: str) -> None:
     _setxattr(path, _XATTR_SHA, f"{sha256} {info.st_size} {info.st_mtime_ns}")
 
 
-def verified_mark(path: Path) -> str | None:
-    """The sha256 recorded on a file when hlctl verified it, if the file is unchanged since."""
+def verified_mark(path: Path) -> tuple[str, bool] | None:
+    """The sha256 hlctl recorded when it verified the file, and whether the file is unchanged
+    since (same size and mtime); None when there is no mark (or no xattr support)."""
     mark = _getxattr(path, _XATTR_SHA)
     if mark is None:
         return None
@@ -458,9 +474,9 @@ def verified_mark(path: Path) -> str | None:
         info = path.stat()
     except OSError:
         return None
-    if len(parts) == 3 and parts[1] == str(info.st_size) and parts[2] == str(info.st_mtime_ns):
-        return parts[0]
-    return None
+    if len(parts) != 3:
+        return None
+    return parts[0], parts[1] == str(info.st_size) and parts[2] == str(info.st_mtime_ns)
 
 
 def mark_verified(path: Path, sha256: str) -> None:

@@ -25,8 +25,8 @@ _SHARD = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$"
 # Quant names as llama.cpp and the big uploaders spell them: Q4_K_M, IQ4_XS, Q8_0, UD-Q4_K_XL,
 # F16, BF16, MXFP4_MOE ... bounded by '-', '.', '_' or the ends of the stem.
 _QUANT = re.compile(
-    r"(?:^|[-._])(?P<quant>(?:UD-)?(?:I?Q\d(?:_[0-9]|_K)?(?:_(?:XXS|XS|S|M|L|XL|NL))?"
-    r"|TQ\d_\d|BF16|F16|FP16|F32|FP32|MXFP4(?:_MOE)?))(?=$|[-.])",
+    r"(?:^|[-._])(?P<quant>(?:UD-)?(?:Q\d_(?:[0-9]|K)(?:_(?:S|M|L|XL))?"
+    r"|IQ\d_(?:XXS|XS|S|M|NL)|TQ\d_\d|BF16|F16|FP16|F32|FP32|MXFP4(?:_MOE)?))(?=$|[-.])",
     re.IGNORECASE,
 )
 _MAX_NAME = 1024

@@ -70,10 +70,15 @@ def _state(model: LockedModel, size: int, sha256: str, path: Path, rehash: bool,
         return result(MISSING, None, None)
     if info.st_size != size:
         return result(MODIFIED, info.st_size, None)
-    marked = verified_mark(path)
     if not rehash:
-        # Without a fresh mark we only know the size matches; that is what `list` promises.
-        return result(OK if marked in (None, sha256) else MODIFIED, info.st_size, marked)
+        # A mark from hlctl's own verification that no longer holds (other sha256, or the file
+        # was written since) is a modification; without any mark, the size is all we know.
+        mark = verified_mark(path)
+        if mark is None:
+            return result(OK, info.st_size, None)
+        marked, fresh = mark
+        state = OK if fresh and marked == sha256 else MODIFIED
+        return result(state, info.st_size, marked if fresh else None)
     actual = sha256_file(path, (lambda done, total: progress(path, done, total))
                          if progress else None).hexdigest()
     if actual == sha256:
