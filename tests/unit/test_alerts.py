@@ -88,7 +88,7 @@ def test_na_keeps_its_stored_state_and_absent_checks_are_forgotten() -> None:
 
 
 def test_a_failure_that_comes_back_after_recovery_alerts_again(tmp_path: Path) -> None:
-    """health.py emits host.nvml only while NVML fails; each new failure must page."""
+    """NVML failing, recovering and failing again pages each change, recovery included."""
     broken = HostSnapshot(host="gpu01", taken_at="2026-11-29T02:00:00Z",
                           error="Driver/library version mismatch", error_kind="driver_mismatch")
     healthy = HostSnapshot(host="gpu01", taken_at="2026-11-29T02:01:00Z",
@@ -101,7 +101,7 @@ def test_a_failure_that_comes_back_after_recovery_alerts_again(tmp_path: Path) -
     finally:
         store.close()
     nvml = [[(t.old, t.new) for t in run if t.key == "host.nvml"] for run in runs]
-    assert nvml == [[(None, CRIT)], [], [], [(None, CRIT)]]
+    assert nvml == [[(None, CRIT)], [(CRIT, OK)], [], [(OK, CRIT)]]
 
 
 def test_two_runs_at_once_alert_a_change_once(tmp_path: Path) -> None:

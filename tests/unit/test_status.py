@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from hlctl.cli.main import cli
 from hlctl.fleet.local_status import probe_docker
 from tests.fixtures.docker_engine_sim import docker_engine
+from tests.fixtures.nvml_sim import NvmlSim
 
 CONTAINERS = [
     {"Id": "a" * 64, "Names": ["/llama-server"], "Image": "hlctl/llama-server:b4000-cuda12.1",
@@ -26,15 +27,8 @@ CONTAINERS = [
 
 @pytest.fixture
 def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make NVML absent even on a machine that has it, so the assertion holds everywhere."""
-    import hlctl.cli.health as health_cli
-    from hlctl.gpu.snapshot import HostSnapshot
-
-    def absent(app: object) -> HostSnapshot:
-        return HostSnapshot(host="h", taken_at="2026-11-29T00:00:00+00:00",
-                            error="NVML Shared Library Not Found", error_kind="no_driver")
-
-    monkeypatch.setattr(health_cli, "live_snapshot", absent)
+    """NVML without a driver (the simulator), also on a machine that has a GPU."""
+    monkeypatch.setattr("hlctl.gpu.nvml.load_pynvml", lambda: NvmlSim("driver_not_loaded"))
 
 
 def test_probe_docker_reads_the_engine(tmp_path: Path) -> None:
@@ -62,7 +56,7 @@ def test_status_without_gpu_docker_or_config(tmp_path: Path, no_gpu: None,
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["schema"] == "hlctl.status/1"
-    assert data["gpus"] == [] and "NVML" in data["gpu_error"]
+    assert data["gpus"] == [] and "driver" in data["gpu_error"].lower()
     assert data["docker"]["reachable"] is False
     assert data["models_dir"]["exists"] is False
     assert data["config_source"] is None
@@ -79,7 +73,7 @@ def test_status_with_engine_models_and_last_health(tmp_path: Path, no_gpu: None)
     (models / "m.gguf").write_bytes(b"GGUF")
     config = tmp_path / "hlctl.yaml"
     config.write_text(f"models_dir: {models}\nstate_dir: {tmp_path / 'state'}\n")
-    snapshot = Path(__file__).parent / "health_cases" / "hot_3090.json"
+    snapshot = Path(__file__).parents[1] / "fixtures" / "snapshots" / "thermal_slowdown.json"
     sock = tmp_path / "docker.sock"
     env = {"DOCKER_HOST": f"unix://{sock}"}
     runner = CliRunner()
@@ -93,4 +87,19 @@ def test_status_with_engine_models_and_last_health(tmp_path: Path, no_gpu: None)
                               "version": "27.3.1", "containers_running": 2, "error": None}
     assert data["models_dir"]["gguf_files"] == 1 and data["models_dir"]["free_bytes"] > 0
     assert data["last_health"]["state"] == "critical"
+    assert data["gpus"] == [] and data["gpu_error"]
     assert data["last_health"]["source"] == str(snapshot)
+
+
+def test_status_reads_gpus_and_leaves_xids_to_the_health_timer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hlctl.gpu.nvml.load_pynvml", lambda: NvmlSim("thermal_slowdown"))
+    config = tmp_path / "hlctl.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nhealth:\n  xid:\n"
+                      "    kernel_log: false\n")
+    result = CliRunner().invoke(cli, ["--config", str(config), "status", "--json"],
+                                env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
+    assert result.exit_code == 0, result.output
+    (gpu,) = json.loads(result.output)["gpus"]
+    assert gpu["health"] == "critical" and gpu["temperature_c"] is not None
+    assert not (tmp_path / "state" / "xid.cursor").exists()

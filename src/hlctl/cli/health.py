@@ -91,14 +91,14 @@ def evaluate_once(app: AppContext, from_file: Path | None, prometheus: Path | No
         from hlctl.gpu.prometheus import write_textfile
 
         try:
-            write_textfile(prometheus, snapshot, report)
+            write_textfile(prometheus, snapshot, report, run_at=app.clock())
         except OSError as exc:
             warnings.append(f"could not write {prometheus}: {exc.strerror or exc}")
     if notify:
         from hlctl.gpu.alerts import notify as send_alerts
 
         result = send_alerts(report, app.config.alerts, app.state_dir, exit_code=code,
-                             clock=app.clock)
+                             clock=app.clock, environ=app.environ)
         warnings.extend(result.warnings)
     # A failing side channel is reported, never a change of the check's exit code.
     for warning in warnings:

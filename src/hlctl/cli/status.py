@@ -78,12 +78,11 @@ def status(app: AppContext, as_json: bool) -> None:
     Example:
       hlctl status --json | jq '.gpus[].temperature_c'
     """
-    from hlctl.cli.health import live_snapshot
     from hlctl.config import LabConfig
     from hlctl.errors import HlctlError
     from hlctl.fleet.local_status import gather_local_status, probe_docker
     from hlctl.gpu.check import read_last_result
-    from hlctl.gpu.snapshot import HostSnapshot
+    from hlctl.gpu.nvml import kernel_xids_for_peek, read_snapshot
 
     config_error = None
     try:
@@ -94,14 +93,10 @@ def status(app: AppContext, as_json: bool) -> None:
         config, source, config_error = LabConfig(), None, str(exc)
     taken_at = app.clock().isoformat(timespec="seconds")
     host = socket.gethostname()
-    try:
-        snapshot = live_snapshot(app) if config_error is None else None
-    except HlctlError as exc:
-        snapshot = HostSnapshot(host=host, taken_at=taken_at, error=str(exc))
-    if snapshot is None:
-        from hlctl.gpu.nvml import read_snapshot
-
-        snapshot = read_snapshot(state_dir=config.state_dir, kernel_log=False)
+    # Peek at the kernel log's XIDs: consuming them is the health timer's job.
+    snapshot = read_snapshot(
+        xid_source=kernel_xids_for_peek(config.state_dir) if config.health.xid.kernel_log
+        else None)
     result = gather_local_status(
         host=host, taken_at=taken_at, snapshot=snapshot, thresholds=config.health,
         config_source=source, config_error=config_error, models_dir=config.models_dir,

@@ -257,13 +257,15 @@ def _check_driver(snapshot: HostSnapshot, t: HealthThresholds) -> CheckResult:
                        f"driver supports CUDA {cuda_version_text(version)}")
 
 
-def _check_nvml(snapshot: HostSnapshot) -> CheckResult | None:
+def _check_nvml(snapshot: HostSnapshot) -> CheckResult:
     if snapshot.error is None:
         if not snapshot.gpus:
             return CheckResult(None, "nvml", State.UNKNOWN, "no GPU", None,
                                "NVML found no GPU on this host",
                                "check that the GPU is passed through to this VM (lspci)")
-        return None
+        # Reported as OK too, so recovering from a driver mismatch sends its "back to OK".
+        return CheckResult(None, "nvml", State.OK, len(snapshot.gpus), None,
+                           f"NVML reads {len(snapshot.gpus)} GPU(s)")
     if snapshot.error_kind == "driver_mismatch":
         return CheckResult(None, "nvml", State.CRITICAL, "driver_mismatch", None,
                            f"NVML driver/library version mismatch: {snapshot.error}",
@@ -278,9 +280,7 @@ def _check_nvml(snapshot: HostSnapshot) -> CheckResult | None:
 def evaluate_health(snapshot: HostSnapshot, thresholds: HealthThresholds) -> HealthReport:
     """Apply every rule to every GPU; host-wide checks come first."""
     checks: list[CheckResult] = []
-    nvml = _check_nvml(snapshot)
-    if nvml is not None:
-        checks.append(nvml)
+    checks.append(_check_nvml(snapshot))
     if snapshot.error is None or snapshot.cuda_driver_version is not None:
         checks.append(_check_driver(snapshot, thresholds))
     for gpu in snapshot.gpus:

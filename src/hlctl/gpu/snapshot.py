@@ -123,7 +123,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "temperature_c": (-40, 200),
     "temperature_slowdown_c": (0, 200),
     "temperature_shutdown_c": (0, 200),
-    "fan_speed_pct": (0, 100),
+    "fan_speed_pct": (0, 200),  # NVML allows above 100% on some boards
     "power_draw_w": (0, 5000),
     "power_limit_w": (0, 5000),
     "memory_total_bytes": (0, 2**50),
