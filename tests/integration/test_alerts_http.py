@@ -300,7 +300,7 @@ def test_cli_exit_code_is_the_checks_even_when_every_alert_fails(receiver: Recei
     hlctl = Path(sys.executable).parent / "hlctl"
     if not hlctl.exists():
         pytest.skip(f"console script {hlctl} is not installed (pip install -e .)")
-    snapshot = Path(__file__).parents[1] / "unit" / "health_cases" / "hot_3090.json"
+    snapshot = Path(__file__).parents[1] / "fixtures" / "snapshots" / "thermal_slowdown.json"
     config = tmp_path / "hlctl.yaml"
     config.write_text(yaml.safe_dump({
         "state_dir": str(tmp_path / "state"),

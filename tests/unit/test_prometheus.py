@@ -232,7 +232,7 @@ def test_cli_writes_the_textfile_and_keeps_the_exit_code(tmp_path: Path) -> None
     hlctl = Path(sys.executable).parent / "hlctl"
     if not hlctl.exists():
         pytest.skip(f"console script {hlctl} is not installed (pip install -e .)")
-    snapshot = Path(__file__).parent / "health_cases" / "hot_3090.json"
+    snapshot = Path(__file__).parents[1] / "fixtures" / "snapshots" / "thermal_slowdown.json"
     config = tmp_path / "hlctl.yaml"
     config.write_text(f"state_dir: {tmp_path / 'state'}\n")
     out = tmp_path / "textfile" / "hlctl.prom"

@@ -219,6 +219,16 @@ def _check_power(gpu: GpuSnapshot) -> CheckResult:
                        f"GPU {gpu.index} draws {_fmt(gpu.power_draw_w)} W")
 
 
+def _check_kernel_log(snapshot: HostSnapshot) -> CheckResult:
+    # Without the kernel log an XID check would say OK while blind: say so instead.
+    if snapshot.xid_error is None:
+        return CheckResult(None, "kernel_log", State.OK, None, None, "kernel log XIDs read")
+    return CheckResult(None, "kernel_log", State.WARNING, "unreadable", None,
+                       f"XIDs cannot be read from the kernel log: {snapshot.xid_error}",
+                       "run hlctl health as root (the systemd timer does), or set "
+                       "health.xid.kernel_log: false to stop looking")
+
+
 def _check_gpu(gpu: GpuSnapshot, t: HealthThresholds) -> list[CheckResult]:
     if gpu.lost:
         return [CheckResult(gpu.index, "lost", State.CRITICAL, "lost", None,
@@ -283,6 +293,8 @@ def evaluate_health(snapshot: HostSnapshot, thresholds: HealthThresholds) -> Hea
     checks.append(_check_nvml(snapshot))
     if snapshot.error is None or snapshot.cuda_driver_version is not None:
         checks.append(_check_driver(snapshot, thresholds))
+    if snapshot.error is None:
+        checks.append(_check_kernel_log(snapshot))
     for gpu in snapshot.gpus:
         checks.extend(_check_gpu(gpu, thresholds))
     return HealthReport(host=snapshot.host, taken_at=snapshot.taken_at, checks=checks)

@@ -228,17 +228,19 @@ def _host_call(nv: Nvml, fn: Callable[[], Any]) -> Any:
         return None
 
 
-def _attach_xids(gpus: list[GpuSnapshot], source: XidSource) -> list[GpuSnapshot]:
+def _attach_xids(gpus: list[GpuSnapshot], source: XidSource
+                 ) -> tuple[list[GpuSnapshot], str | None]:
+    """The GPUs with their XIDs, and why XIDs could not be read (None when they could)."""
     try:
         events = source.read()
     except (XidSourceError, OSError) as exc:
         log.warning("XIDs from the kernel log are unavailable: %s", exc)
-        return gpus
+        return gpus, str(exc) or type(exc).__name__
     matched, unmatched = match_to_gpus(events, {g.index: g.pci_bus_id for g in gpus})
     for event in unmatched:
         log.warning("XID %d on %s matches no GPU NVML sees", event.xid, event.pci_bus_id)
     return [replace(g, xid_events=[XidEvent(xid=e.xid, at=e.at) for e in matched[g.index]])
-            if g.index in matched else g for g in gpus]
+            if g.index in matched else g for g in gpus], None
 
 
 def read_snapshot(*, nvml: Nvml | None = None, host: str | None = None,
@@ -278,8 +280,8 @@ def read_snapshot(*, nvml: Nvml | None = None, host: str | None = None,
             nv.nvmlShutdown()
         except nv.NVMLError as exc:
             log.warning("nvmlShutdown failed: %s", _error_text(exc))
-    gpus = _attach_xids(gpus, xid_source)
-    return HostSnapshot(host=host, taken_at=taken_at, gpus=gpus, **info)
+    gpus, xid_error = _attach_xids(gpus, xid_source)
+    return HostSnapshot(host=host, taken_at=taken_at, gpus=gpus, xid_error=xid_error, **info)
 
 
 # ---------------------------------------------------------------------------------------------

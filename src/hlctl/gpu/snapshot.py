@@ -95,12 +95,13 @@ class HostSnapshot:
     gpus: list[GpuSnapshot] = field(default_factory=list)
     error: str | None = None  # NVML could not be initialised; gpus is then empty
     error_kind: str | None = None  # "no_driver", "driver_mismatch", "nvml_failed"
+    xid_error: str | None = None  # why the kernel log's XIDs could not be read
 
     def to_dict(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **asdict(self)}
-        if self.error is None:
-            data.pop("error")
-            data.pop("error_kind")
+        for optional in ("error", "error_kind", "xid_error"):
+            if data[optional] is None:
+                data.pop(optional)
         return data
 
 
@@ -286,4 +287,5 @@ def snapshot_from_dict(raw: Any) -> HostSnapshot:
         gpus=[_gpu_from_dict(f"gpus[{i}]", g) for i, g in enumerate(gpus_raw)],
         error=error,
         error_kind=_text("error_kind", raw.get("error_kind")),
+        xid_error=_text("xid_error", raw.get("xid_error")),
     )
