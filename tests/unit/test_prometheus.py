@@ -243,6 +243,6 @@ def test_cli_writes_the_textfile_and_keeps_the_exit_code(tmp_path: Path) -> None
                          timeout=60, check=False)
     assert run.returncode == 2, run.stderr
     metrics = _parse(out.read_text())
-    assert _value(metrics, "DCGM_FI_DEV_GPU_TEMP", gpu="0") == 93
+    assert _value(metrics, "DCGM_FI_DEV_GPU_TEMP", gpu="0") == 92
     assert _value(metrics, "hlctl_health_status", gpu="0", check="temperature") == 2
     assert os.listdir(out.parent) == ["hlctl.prom"]
