@@ -6,11 +6,22 @@ never inline; they are read once when the router starts.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+# Only SecretRef at import time: hlctl.config may import this module for LabConfig.router.
 from hlctl.config import SecretRef
+
+if TYPE_CHECKING:
+    from hlctl.config import LabConfig
 
 BUILTIN_ALIASES = ("local", "cloud", "auto")
 
@@ -52,7 +63,9 @@ class CloudProvider(_Strict):
 class AliasSpec(_Strict):
     route: Literal["local", "cloud", "auto"] = Field(description="where this alias goes")
     private: bool = Field(False, description="requests naming this alias never reach the cloud")
-    model: str | None = Field(None, description="model name sent upstream instead of the alias")
+    model: str | None = Field(None, description=(
+        "model name sent to a local upstream instead of the alias (the cloud always gets "
+        "cloud.model)"))
 
 
 class ComplexityRules(_Strict):
@@ -155,3 +168,24 @@ class RouterSettings(_Strict):
         table = {name: AliasSpec(route=name) for name in BUILTIN_ALIASES}  # type: ignore[arg-type]
         table.update(self.aliases)
         return table
+
+
+def settings_from_lab(config: LabConfig) -> RouterSettings:
+    """The router section of a loaded lab config, validated, with ``router.`` key paths.
+
+    Works before and after LabConfig.router is typed as RouterSettings.
+    """
+    from hlctl.config import describe_errors
+    from hlctl.errors import ConfigError
+
+    section = config.router
+    if isinstance(section, RouterSettings):
+        return section
+    data = {**section.model_dump(), **(section.model_extra or {})}
+    try:
+        return RouterSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"router.{p}" for p in describe_errors(exc)]
+        count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
+        raise ConfigError(f"{count}: {problems[0]}" + (" ..." if len(problems) > 1 else ""),
+                          problems=problems, hint="see docs/router-config.example.yaml") from None

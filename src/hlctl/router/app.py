@@ -1,0 +1,418 @@
+"""The router's HTTP service (aiohttp): auth, limits, routing, failover, ledger, metrics.
+
+Errors the router answers itself use OpenAI's shape ``{"error": {message, type, param,
+code}}`` so that clients raise their usual exceptions. Every response carries
+``X-HL-Routed-To``, ``X-HL-Route-Reason`` and ``X-HL-Overhead-Ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hlctl.errors import HlctlError
+from hlctl.router.config import RouterSettings
+from hlctl.router.ledger import LEDGER_FILE, Ledger, LedgerRow
+from hlctl.router.metrics import CONTENT_TYPE, RouterMetrics
+from hlctl.router.policy import (
+    Endpoint,
+    Health,
+    PolicyConfig,
+    RouteDecision,
+    RouteError,
+    RouteRequest,
+    decide_fallback,
+    decide_route,
+    estimate_tokens,
+)
+from hlctl.router.power import PowerMeter
+from hlctl.router.pricing import CloudPrices, EnergyPrice, Timings, Usage, cost
+from hlctl.router.relay import Outcome, PassThrough, StreamRelay, UpstreamFailure, post_json
+from hlctl.router.upstreams import Backend, UpstreamPool
+
+PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions",
+                              "embeddings": "/embeddings"}
+_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    name: str
+    scope: str
+
+
+def error_response(status: int, code: str, message: str, type_: str = "invalid_request_error",
+                   headers: Mapping[str, str] | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str,
+                 type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.error = RouteError(status, code, message, type_)
+
+
+def prompt_text(body: Mapping[str, Any], endpoint: Endpoint) -> str:
+    """The text a request sends, for the length and keyword rules."""
+    if endpoint == "chat":
+        parts: list[str] = []
+        for message in body.get("messages") or ():
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(p["text"] for p in content
+                             if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return "\n".join(parts)
+    field = body.get("prompt") if endpoint == "completions" else body.get("input")
+    if isinstance(field, str):
+        return field
+    if isinstance(field, list):
+        return "\n".join(p for p in field if isinstance(p, str))
+    return ""
+
+
+class Router:
+    """Holds the upstream pool, ledger and metrics; ``web_app()`` serves them."""
+
+    def __init__(self, settings: RouterSettings, *, environ: Mapping[str, str],
+                 state_dir: Path, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 watts: Callable[[], float] | None = None) -> None:
+        self.settings = settings
+        self.policy = PolicyConfig.from_settings(settings)
+        self.clock = clock
+        # Keys are looked up by their hash: no key text in memory beyond startup, and the
+        # lookup takes the same time whichever byte differs.
+        self.keys = {hashlib.sha256(k.secret.reveal(environ).encode()).digest():
+                     KeyInfo(k.name, k.scope) for k in settings.keys}
+        self.pool = UpstreamPool(settings, environ)
+        self.ledger = Ledger(state_dir / LEDGER_FILE, flush_s=settings.ledger_flush_s,
+                             clock=clock)
+        self.metrics = RouterMetrics()
+        self.power = PowerMeter(settings.energy.watts, use_nvml=settings.energy.use_nvml)
+        self.watts = watts or self.power.watts
+        cloud = settings.cloud
+        self.prices = (None if cloud is None
+                       else CloudPrices(cloud.input_usd_per_1m, cloud.output_usd_per_1m))
+
+    def web_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_route("*", "/{tail:.*}", self._unknown)
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _startup(self, _app: web.Application) -> None:
+        self.ledger.open()
+        await self.pool.start()
+        await self.power.start()
+
+    async def _cleanup(self, _app: web.Application) -> None:
+        await self.power.close()
+        await self.pool.close()
+        await asyncio.to_thread(self.ledger.close)
+
+    # -- edges -------------------------------------------------------------------------
+
+    def _auth(self, request: web.Request) -> KeyInfo:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "missing_api_key",
+                           "send 'Authorization: Bearer <key>' with a key from the lab config")
+        key = self.keys.get(hashlib.sha256(token.strip().encode()).digest())
+        if key is None:
+            raise ApiError(401, "invalid_api_key", "the API key is not one of the router's keys")
+        return key
+
+    async def _read_json(self, request: web.Request) -> tuple[dict[str, Any], bytes]:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, "request_too_large", f"the request body is over {limit} bytes")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, "request_too_large",
+                           f"the request body is over {limit} bytes") from None
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        return body, raw
+
+    # -- handlers ----------------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "chat")
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "completions")
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "embeddings")
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self._auth(request)
+        except ApiError as exc:
+            return self._error(exc.error, time.perf_counter())
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "hlctl"}
+                for name in self.policy.aliases]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _health(self, _request: web.Request) -> web.StreamResponse:
+        upstreams = self.pool.describe()
+        ok = self.pool.local_up() or self.pool.cloud is not None
+        body = {"status": "ok" if ok and self.pool.local_up() else
+                ("degraded" if ok else "down"), "upstreams": upstreams}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self._auth(request)
+        except ApiError as exc:
+            return self._error(exc.error, time.perf_counter())
+        m = self.metrics
+        for b in self.pool.local:
+            m.upstream_up.labels(b.name, "local").set(1 if b.routable else 0)
+            m.upstream_in_flight.labels(b.name).set(b.in_flight)
+        if self.pool.cloud is not None:
+            m.upstream_up.labels(self.pool.cloud.name, "cloud").set(1)
+            m.upstream_in_flight.labels(self.pool.cloud.name).set(self.pool.cloud.in_flight)
+        m.ledger_rows.set(self.ledger.written)
+        m.ledger_errors.set(self.ledger.write_errors)
+        return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _unknown(self, request: web.Request) -> web.StreamResponse:
+        return self._error(RouteError(404, "unknown_url",
+                                      f"no endpoint {request.method} {request.path}"),
+                           time.perf_counter())
+
+    def _error(self, error: RouteError, started: float,
+               decision: RouteDecision | None = None) -> web.Response:
+        headers = {"X-HL-Routed-To": "none",
+                   "X-HL-Route-Reason": decision.reason if decision else error.code,
+                   "X-HL-Overhead-Ms": f"{(time.perf_counter() - started) * 1000:.3f}"}
+        return error_response(error.status, error.code, error.message, error.type, headers)
+
+    async def _handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            key = self._auth(request)
+            body, raw = await self._read_json(request)
+        except ApiError as exc:
+            return self._error(exc.error, started)
+        model = body.get("model")
+        route_request = RouteRequest(
+            model=model if isinstance(model, str) and model else None,
+            key_scope=key.scope,
+            private_header=request.headers.get("X-HL-Private", "").lower() in _TRUE,
+            route_override=request.headers.get("X-HL-Route") or None,
+            prompt_text=prompt_text(body, endpoint),
+            reasoning=bool(body.get("reasoning_effort")),
+            endpoint=endpoint)
+        health = Health(self.pool.local_up(), self.pool.cloud is not None)
+        decision = decide_route(route_request, health,
+                                self.ledger.budget(self.settings.monthly_cloud_budget_usd),
+                                self.policy)
+        exchange = _Exchange(self, request, key, body, raw, endpoint, route_request, started)
+        return await exchange.run(decision)
+
+
+class _Exchange:
+    """One client request through its attempts (local, then perhaps cloud)."""
+
+    def __init__(self, router: Router, request: web.Request, key: KeyInfo,
+                 body: dict[str, Any], raw: bytes, endpoint: Endpoint,
+                 route_request: RouteRequest, started: float) -> None:
+        self.router = router
+        self.request = request
+        self.key = key
+        self.body = body
+        self.raw = raw
+        self.endpoint = endpoint
+        self.route_request = route_request
+        self.started = started
+        self.stream = body.get("stream") is True and endpoint != "embeddings"
+        options = body.get("stream_options")
+        self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+    async def run(self, decision: RouteDecision) -> web.StreamResponse:
+        router = self.router
+        outcome = Outcome()
+        backend: Backend | None = None
+        try:
+            while decision.error is None:
+                backend = (router.pool.pick_local() if decision.target == "local"
+                           else router.pool.cloud)
+                try:
+                    if backend is None:
+                        raise UpstreamFailure("no-backend")
+                    outcome = Outcome()
+                    return await self._attempt(decision, backend, outcome)
+                except UpstreamFailure as failure:
+                    if backend is not None:
+                        router.pool.report_failure(backend, failure.kind)
+                    decision = decide_fallback(decision, failure.kind)
+                    if decision.target == "cloud":
+                        router.metrics.fallbacks.labels(failure.kind).inc()
+                except PassThrough as passed:
+                    outcome.status = passed.status
+                    return web.Response(status=passed.status, body=passed.body,
+                                        content_type="application/json",
+                                        headers=self._headers(decision, backend))
+            assert decision.error is not None
+            outcome.status = decision.error.status
+            backend = None
+            return router._error(decision.error, self.started, decision)
+        except asyncio.CancelledError:
+            outcome.client_gone = True
+            raise
+        finally:
+            self._record(decision, backend, outcome)
+
+    def _headers(self, decision: RouteDecision, backend: Backend | None) -> dict[str, str]:
+        return {"X-HL-Routed-To": decision.target or "none",
+                "X-HL-Route-Reason": decision.reason,
+                "X-HL-Upstream": backend.name if backend else "none"}
+
+    def _payload(self, backend: Backend, decision: RouteDecision) -> bytes:
+        model = backend.model if backend.kind == "cloud" else (decision.upstream_model
+                                                              or backend.model)
+        changes: dict[str, Any] = {}
+        if model is not None and self.body.get("model") != model:
+            changes["model"] = model
+        if self.stream and not self.include_usage:
+            # Ask for usage always, so the ledger has real counts; the extra chunk is
+            # dropped before it reaches a client that did not ask for it.
+            options = self.body.get("stream_options")
+            changes["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                         "include_usage": True}
+        if not changes:
+            return self.raw
+        return json.dumps({**self.body, **changes}).encode()
+
+    async def _attempt(self, decision: RouteDecision, backend: Backend,
+                       outcome: Outcome) -> web.StreamResponse:
+        router = self.router
+        timeouts = router.settings.timeouts
+        data = self._payload(backend, decision)
+        path = PATHS[self.endpoint]
+        session = router.pool.session
+        assert session is not None
+        before_upstream = time.perf_counter()
+        backend.in_flight += 1
+        try:
+            if self.stream:
+                relay = StreamRelay(self.request, backend, include_usage=self.include_usage,
+                                    connect_s=timeouts.connect_s,
+                                    first_chunk_s=timeouts.first_chunk_s,
+                                    idle_s=timeouts.stream_idle_s)
+                relay.outcome = outcome
+                outcome.overhead_s = before_upstream - self.started
+                response = await relay.run(session, path, data,
+                                           self._headers(decision, backend), self.started)
+                router.pool.report_success(backend)
+                return response
+            status, raw = await post_json(session, backend, path, data,
+                                          connect_s=timeouts.connect_s,
+                                          total_s=timeouts.response_s)
+            received = time.perf_counter()
+            router.pool.report_success(backend)
+            outcome.status = status
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                outcome.usage = parsed.get("usage")
+                outcome.timings = parsed.get("timings")
+                outcome.model = str(parsed.get("model") or "")
+            headers = self._headers(decision, backend)
+            outcome.overhead_s = (before_upstream - self.started
+                                  + time.perf_counter() - received)
+            headers["X-HL-Overhead-Ms"] = f"{outcome.overhead_s * 1000:.3f}"
+            return web.Response(status=status, body=raw, content_type="application/json",
+                                headers=headers)
+        finally:
+            backend.in_flight -= 1
+
+    def _record(self, decision: RouteDecision, backend: Backend | None,
+                outcome: Outcome) -> None:
+        router = self.router
+        elapsed = time.perf_counter() - self.started
+        route = decision.target if decision.error is None and backend is not None else "none"
+        usage = Usage.from_json(outcome.usage)
+        estimated = usage is None and route != "none"
+        if usage is None:
+            usage = Usage(estimate_tokens(self.route_request.prompt_text) if route != "none"
+                          else 0, outcome.chunks)
+        timings = Timings.from_json(outcome.timings)
+        status = outcome.status
+        if outcome.client_gone:
+            status = 499  # nginx's "client closed request"
+        elif outcome.cut:
+            status = 502
+        energy = EnergyPrice(router.watts(), router.settings.energy.usd_per_kwh)
+        usd = cost(route, usage, timings, elapsed * 1000, router.prices, energy)
+        ttft = (outcome.first_chunk_at - self.started) if outcome.first_chunk_at else None
+        if route != "none":
+            router.metrics.overhead.observe(outcome.overhead_s)
+        router.metrics.observe(route, status, elapsed, ttft, usage.prompt_tokens,
+                               usage.completion_tokens, usd)
+        router.ledger.record(LedgerRow(
+            ts=router.clock().timestamp(), key_name=self.key.name, alias=decision.alias,
+            route=route, reason=decision.reason if outcome.cut is None
+            else f"{decision.reason};{outcome.cut}",
+            upstream=backend.name if backend is not None and route != "none" else "",
+            model=outcome.model or (backend.model or "" if backend else ""),
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            latency_ms=elapsed * 1000, ttft_ms=ttft * 1000 if ttft is not None else None,
+            status=status, cost_usd=usd, stream=self.stream, private=decision.private,
+            prompt_ms=timings.prompt_ms if timings else None,
+            predicted_ms=timings.predicted_ms if timings else None,
+            tokens_estimated=estimated))
+
+
+async def serve_forever(router: Router, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then write the ledger's last rows and stop.
+
+    A client that disconnects cancels its handler, which closes the upstream stream.
+    """
+    runner = web.AppRunner(router.web_app(), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise HlctlError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                             hint="pick another --port or stop what listens there") from None
+        await stop.wait()
+    finally:
+        await runner.cleanup()

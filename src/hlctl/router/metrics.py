@@ -1,0 +1,63 @@
+"""Prometheus metrics of the router, in a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("hlctl_router_requests", "Requests answered, by route and "
+                                "HTTP status", ["route", "status"], registry=r)
+        self.tokens = Counter("hlctl_router_tokens", "Tokens by route and kind "
+                              "(prompt, completion)", ["route", "kind"], registry=r)
+        self.cost = Counter("hlctl_router_cost_usd", "Cost in USD by route", ["route"],
+                            registry=r)
+        self.latency = Histogram("hlctl_router_request_seconds", "Request latency by route",
+                                 ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("hlctl_router_time_to_first_token_seconds",
+                              "Time to the first streamed chunk, by route", ["route"],
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram("hlctl_router_overhead_seconds",
+                                  "Time spent in the router itself", buckets=_OVERHEAD_BUCKETS,
+                                  registry=r)
+        self.fallbacks = Counter("hlctl_router_fallbacks", "Requests that fell back to the "
+                                 "cloud, by what failed", ["failure"], registry=r)
+        self.upstream_up = Gauge("hlctl_router_upstream_up", "1 when an upstream is routable "
+                                 "(cloud: configured)", ["upstream", "kind"], registry=r)
+        self.upstream_in_flight = Gauge("hlctl_router_upstream_in_flight",
+                                        "Requests in flight per upstream", ["upstream"],
+                                        registry=r)
+        self.ledger_rows = Gauge("hlctl_router_ledger_rows_written", "Ledger rows written "
+                                 "since start", registry=r)
+        self.ledger_errors = Gauge("hlctl_router_ledger_write_errors", "Ledger rows that "
+                                   "could not be written since start", registry=r)
+
+    def observe(self, route: str, status: int, latency_s: float, ttft_s: float | None,
+                prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(latency_s)
+        if ttft_s is not None:
+            self.ttft.labels(route).observe(ttft_s)
+        if prompt_tokens:
+            self.tokens.labels(route, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self.tokens.labels(route, "completion").inc(completion_tokens)
+        if cost_usd:
+            self.cost.labels(route).inc(cost_usd)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,265 @@
+"""One exchange with one upstream: non-streaming, or SSE passed through chunk by chunk.
+
+The rule that makes failover safe: nothing reaches the client until the upstream has sent
+its first chunk with ``choices`` (or, non-streaming, its whole answer). Any failure before
+that raises ``UpstreamFailure`` and the caller may try the cloud; any failure after it ends
+the stream with an in-band ``data: {"error": ...}`` frame and no ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from hlctl.router.upstreams import Backend
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class UpstreamFailure(Exception):
+    """The upstream failed before anything reached the client: failover is still possible."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass
+class Outcome:
+    """What the exchange produced, for the ledger and the metrics."""
+
+    status: int = 0
+    model: str = ""
+    usage: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
+    chunks: int = 0  # content chunks streamed; a token count when the stream was cut
+    first_chunk_at: float | None = None  # perf_counter when the first chunk was committed
+    cut: str | None = None  # why a committed stream ended early
+    client_gone: bool = False
+    overhead_s: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def error_frame(message: str, code: str, type_: str = "upstream_error") -> bytes:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _failure_for_status(status: int, backend: Backend) -> UpstreamFailure | None:
+    if status >= 500 or status == 429:
+        return UpstreamFailure(f"status-{status}")
+    if backend.kind == "cloud" and status in (401, 403):
+        # The provider's own message may echo part of the key: never pass it through.
+        return UpstreamFailure(f"status-{status}", "the provider refused the router's key")
+    return None
+
+
+def _timeout(connect_s: float, total_s: float | None = None,
+             sock_read_s: float | None = None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total_s, connect=connect_s, sock_read=sock_read_s)
+
+
+async def post_json(session: aiohttp.ClientSession, backend: Backend, path: str, data: bytes,
+                    *, connect_s: float, total_s: float) -> tuple[int, bytes]:
+    """POST and read the whole answer; connection trouble and 5xx/429 are failures."""
+    try:
+        async with session.post(backend.base + path, data=data, headers=_headers(backend),
+                                timeout=_timeout(connect_s, total_s)) as resp:
+            raw = await resp.read()
+            status = resp.status
+    except TimeoutError:
+        raise UpstreamFailure("timeout") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamFailure("connect", type(exc).__name__) from None
+    failure = _failure_for_status(status, backend)
+    if failure is not None:
+        raise failure
+    return status, raw
+
+
+def _headers(backend: Backend) -> dict[str, str]:
+    if backend.headers:
+        return {"Content-Type": "application/json", **backend.headers}
+    return {"Content-Type": "application/json"}
+
+
+class StreamRelay:
+    """Pass one upstream SSE stream to the client, committing at the first real chunk."""
+
+    def __init__(self, request: web.Request, backend: Backend, *, include_usage: bool,
+                 connect_s: float, first_chunk_s: float, idle_s: float) -> None:
+        self.request = request
+        self.backend = backend
+        self.include_usage = include_usage
+        self.connect_s = connect_s
+        self.first_chunk_s = first_chunk_s
+        self.idle_s = idle_s
+        self.outcome = Outcome()
+
+    async def run(self, session: aiohttp.ClientSession, path: str, data: bytes,
+                  headers: dict[str, str], started: float) -> web.StreamResponse:
+        """``started`` is when the router began this request; headers carry the overhead."""
+        out = self.outcome
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(self.first_chunk_s):
+                resp, first = await self._open(session, path, data)
+            received = time.perf_counter()
+            stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+            stream.content_type = "text/event-stream"
+            out.overhead_s += time.perf_counter() - received
+            stream.headers["X-HL-Overhead-Ms"] = f"{(out.overhead_s) * 1000:.3f}"
+            await stream.prepare(self.request)
+            out.status = 200
+            out.first_chunk_at = time.perf_counter()
+            await self._pump(stream, resp, first)
+            return stream
+        except TimeoutError:
+            if out.status == 0:
+                raise UpstreamFailure("first-chunk-timeout") from None
+            raise
+        finally:
+            if resp is not None:
+                # Closing (not releasing) a half-read response drops the socket, so
+                # llama-server sees the disconnect and frees the slot.
+                resp.close()
+
+    async def _open(self, session: aiohttp.ClientSession, path: str,
+                    data: bytes) -> tuple[aiohttp.ClientResponse, bytes]:
+        try:
+            resp = await session.post(self.backend.base + path, data=data,
+                                      headers=_headers(self.backend),
+                                      timeout=_timeout(self.connect_s, None, self.idle_s))
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamFailure("connect", type(exc).__name__) from None
+        try:
+            if resp.status != 200:
+                failure = _failure_for_status(resp.status, self.backend)
+                if failure is not None:
+                    raise failure
+                # A client error (400 and the like): hand it over as the upstream said it.
+                raise PassThrough(resp.status, await resp.read())
+            return resp, await self._first_chunk(resp)
+        except BaseException:
+            resp.close()
+            raise
+
+    async def _first_chunk(self, resp: aiohttp.ClientResponse) -> bytes:
+        """Skip pings and progress objects up to the first chunk with choices."""
+        try:
+            async for line in resp.content:
+                if line.startswith(b"data:"):
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        break
+                    try:
+                        obj = json.loads(payload)
+                    except ValueError:
+                        raise UpstreamFailure("bad-chunk") from None
+                    if not isinstance(obj, dict) or "error" in obj:
+                        raise UpstreamFailure("in-band-error")
+                    if "choices" in obj:
+                        self.outcome.model = str(obj.get("model") or "")
+                        return payload
+                elif line.startswith(b"error:"):
+                    raise UpstreamFailure("in-band-error")
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamFailure("cut-before-first-chunk", type(exc).__name__) from None
+        raise UpstreamFailure("empty-stream")
+
+    def _filter(self, payload: bytes) -> bytes | None:
+        """Note usage and timings; drop the usage chunk the client did not ask for."""
+        if b'"usage"' not in payload and b'"timings"' not in payload:
+            self.outcome.chunks += 1
+            return payload
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            return payload
+        if not isinstance(obj, dict):
+            return payload
+        if isinstance(obj.get("usage"), dict):
+            self.outcome.usage = obj["usage"]
+        if isinstance(obj.get("timings"), dict):
+            self.outcome.timings = obj["timings"]
+        if obj.get("choices"):
+            self.outcome.chunks += 1
+        if self.include_usage or obj.get("usage") is None:
+            return payload
+        if not obj.get("choices"):
+            return None  # the extra usage-only chunk that we asked for, not the client
+        del obj["usage"]
+        return json.dumps(obj).encode()
+
+    async def _pump(self, stream: web.StreamResponse, resp: aiohttp.ClientResponse,
+                    first: bytes) -> None:
+        out = self.outcome
+        writing = False
+        try:
+            chunk = self._filter(first)
+            if chunk is not None:
+                writing = True
+                await stream.write(b"data: " + chunk + b"\n\n")
+                writing = False
+            async for line in resp.content:
+                if line.startswith(b"data:"):
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        writing = True
+                        await stream.write(b"data: [DONE]\n\n")
+                        writing = False
+                        await stream.write_eof()
+                        return
+                    if payload.startswith(b'{"error"'):
+                        out.cut = "in-band-error"
+                        writing = True
+                        await stream.write(b"data: " + payload + b"\n\n")
+                        await stream.write_eof()
+                        return
+                    chunk = self._filter(payload)
+                    if chunk is None:
+                        continue
+                    writing = True
+                    await stream.write(b"data: " + chunk + b"\n\n")
+                    writing = False
+                elif line.startswith(b"error:"):
+                    out.cut = "in-band-error"
+                    writing = True
+                    await stream.write(b"data: " + line[6:].strip() + b"\n\n")
+                    await stream.write_eof()
+                    return
+            out.cut = "stream-cut"
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            if writing:
+                out.client_gone = True
+                return
+            out.cut = "stream-cut"
+        except TimeoutError:
+            out.cut = "idle-timeout"
+        except (aiohttp.ClientError, OSError) as exc:
+            if writing:
+                out.client_gone = True
+                return
+            out.cut = f"stream-cut:{type(exc).__name__}"
+        try:
+            await stream.write(error_frame(
+                f"the {self.backend.kind} upstream stopped mid-stream ({out.cut})", "stream_cut"))
+            await stream.write_eof()
+        except (ConnectionResetError, aiohttp.ClientError, OSError):
+            out.client_gone = True
+
+
+class PassThrough(Exception):
+    """The upstream answered a client error before streaming; give it to the client as is."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
