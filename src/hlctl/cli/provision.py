@@ -1,0 +1,164 @@
+"""`hlctl provision`: create the GPU VMs on Proxmox, then configure them, with Ansible."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from hlctl.cli.output import print_json
+from hlctl.context import AppContext
+
+if TYPE_CHECKING:
+    from hlctl.inventory import Inventory, InventoryHost
+    from hlctl.provision.runner import PlaybookRun, RunResult
+    from hlctl.provision.settings import ProvisionConfig
+
+GPU_GROUP = "gpu_hosts"
+_STYLE = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red"}
+
+
+def _progress_line(event: Mapping[str, Any]) -> None:
+    if event.get("event") != "result" or event.get("status") == "skipped":
+        return
+    status = str(event.get("status"))
+    label = click.style(f"{status:<8}", fg=_STYLE.get(status))
+    click.echo(f"  {label} {event.get('host')}  {event.get('task')}")
+
+
+def _print_summary(result: RunResult) -> None:
+    click.echo(f"\n{result.playbook}:")
+    click.echo(f"  {'host':<16} {'ok':>4} {'changed':>8} {'failed':>7} {'unreach':>8} "
+               f"{'skipped':>8} {'time':>7}")
+    for host, s in sorted(result.hosts.items()):
+        click.echo(f"  {host:<16} {s.ok:>4} {s.changed:>8} {s.failed:>7} {s.unreachable:>8} "
+                   f"{s.skipped:>8} {s.seconds:>6.1f}s")
+    for failure in result.failures:
+        click.echo(click.style(f"  FAILED {failure.host}: {failure.task}: {failure.message}",
+                               fg="red"))
+
+
+def _select_hosts(inventory: Inventory, names: tuple[str, ...]) -> list[InventoryHost]:
+    from hlctl.errors import UsageError
+
+    if names:
+        return inventory.select(names)
+    hosts = inventory.group(GPU_GROUP)
+    if not hosts:
+        raise UsageError(f"no hosts to provision: name them, or list them in group {GPU_GROUP} "
+                         f"of {inventory.path}")
+    return hosts
+
+
+def _vm_run(app: AppContext, config: ProvisionConfig, inventory: Inventory,
+            hosts: list[InventoryHost], explicit: bool, ansible_dir: Path,
+            check: bool, diff: bool) -> PlaybookRun:
+    """Preflight every VM against the API, then describe the vm.yml run."""
+    from hlctl.errors import HlctlError, UsageError
+    from hlctl.provision.preflight import VmPlan, run_checks
+    from hlctl.provision.proxmox_api import ProxmoxClient, gather_facts
+    from hlctl.provision.runner import PlaybookRun
+    from hlctl.provision.settings import role_vars, vm_name
+
+    missing = [h.name for h in hosts if h.name not in config.vms]
+    if missing and explicit:
+        raise UsageError(f"host {missing[0]} has no entry under vms: in the lab config",
+                         hint="add vms: {" + missing[0] + ": {gpu_pci: ...}}")
+    vm_hosts = [h for h in hosts if h.name in config.vms]
+    if not vm_hosts:
+        raise UsageError("no host has a VM in the lab config (vms:)",
+                         hint="see docs/provision-config.example.yaml")
+    proxmox = config.proxmox
+    assert proxmox is not None
+    secret = proxmox.token_secret.reveal(app.environ)
+    problems: list[str] = []
+    with ProxmoxClient(proxmox, secret) as client:
+        for host in vm_hosts:
+            vm = config.vms[host.name]
+            name = vm_name(host.name, vm)
+            plan = VmPlan(name=name, node=proxmox.node, template=proxmox.template,
+                          storage=proxmox.storage, gpu_pci=vm.gpu_pci,
+                          gpu_mapping=vm.gpu_mapping or f"{name}-gpu",
+                          create_mapping=vm.create_mapping, vmid=vm.vmid, disk_gb=vm.disk_gb)
+            result = run_checks(gather_facts(client, plan), plan)
+            problems += [f"preflight {host.name}: {f.message}" for f in result.findings]
+    if problems:
+        if app.verbose:
+            for problem in problems[1:]:
+                click.echo(f"  {problem}", err=True)
+        more = f" (+{len(problems) - 1} more; -v lists them)" if len(problems) > 1 else ""
+        raise HlctlError(problems[0] + more)
+    host_vars = {h.name: role_vars(proxmox, h.name, config.vms[h.name]) for h in vm_hosts}
+    return PlaybookRun(playbook=ansible_dir / "playbooks" / "vm.yml", inventory=inventory.path,
+                       limit=tuple(h.name for h in vm_hosts), host_vars=host_vars,
+                       secret_env={"PROXMOX_TOKEN_SECRET": secret}, check=check, diff=diff,
+                       verbose=app.verbose)
+
+
+@click.command()
+@click.argument("hosts", nargs=-1)
+@click.option("--check", is_flag=True, help="Dry run: report what would change, change nothing.")
+@click.option("--diff", is_flag=True, help="Show the differences Ansible applies.")
+@click.option("--only", type=click.Choice(["vm", "host"]),
+              help="vm: only create/update the VMs on Proxmox; host: only configure the hosts.")
+@click.option("-i", "--inventory", "inventory_path", type=click.Path(path_type=Path),
+              help="Inventory (default: $HLCTL_INVENTORY or ./inventory/hosts.yml).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON summary (schema hlctl.provision/1), no progress.")
+@click.pass_obj
+def provision(app: AppContext, hosts: tuple[str, ...], check: bool, diff: bool,
+              only: str | None, inventory_path: Path | None, as_json: bool) -> None:
+    """Create the GPU VMs on Proxmox and configure them (idempotent).
+
+    HOST names inventory hosts or groups (default: the gpu_hosts group). Preflight checks
+    the Proxmox API first; each problem says what to fix on the host.
+
+    \b
+    Examples:
+      hlctl provision gpu01             VM, then driver, Docker, storage, agent
+      hlctl provision --only vm --check what would change on Proxmox
+      hlctl provision -v gpu01          with Ansible's own output
+    """
+    from hlctl.errors import ExitStatus, HlctlError
+    from hlctl.inventory import find_inventory, load_inventory
+    from hlctl.provision.runner import PlaybookRun, find_ansible_dir, run_playbook
+    from hlctl.provision.settings import load_provision_config
+
+    inventory = load_inventory(find_inventory(inventory_path, app.environ))
+    selected = _select_hosts(inventory, hosts)
+    ansible_dir = find_ansible_dir(app.environ)
+    runs: list[PlaybookRun] = []
+    if only in (None, "vm"):
+        config = load_provision_config(app.config_path, app.environ)
+        runs.append(_vm_run(app, config, inventory, selected, bool(hosts), ansible_dir,
+                            check, diff))
+    if only in (None, "host"):
+        playbook = ansible_dir / "playbooks" / "gpu_host.yml"
+        if not playbook.is_file():
+            raise HlctlError(f"{playbook} is missing: the host roles are not installed here",
+                             hint="use --only vm, or update hlctl")
+        runs.append(PlaybookRun(playbook=playbook, inventory=inventory.path,
+                                limit=tuple(h.name for h in selected), check=check, diff=diff,
+                                verbose=app.verbose))
+    results: list[RunResult] = []
+    for run in runs:
+        if not as_json and not app.verbose:
+            click.echo(f"{run.playbook.name}{' (check mode)' if check else ''}:")
+        result = run_playbook(
+            run, ansible_dir=ansible_dir, environ=app.environ,
+            on_event=_progress_line if not as_json and not app.verbose else lambda _: None,
+            raw_output=sys.stdout if app.verbose and not as_json else None)
+        results.append(result)
+        if not as_json:
+            _print_summary(result)
+        if not result.ok:
+            break
+    ok = all(r.ok for r in results)
+    if as_json:
+        print_json({"schema": "hlctl.provision/1", "ok": ok, "check": check,
+                    "runs": [r.to_dict() for r in results]})
+    if not ok:
+        raise click.exceptions.Exit(ExitStatus.FAILURE)
