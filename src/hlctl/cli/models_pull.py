@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,9 @@ from hlctl.errors import HlctlError, UsageError
 if TYPE_CHECKING:
     from hlctl.models.hub import RemoteModel, RepoListing
     from hlctl.models.lock import LockedModel, ModelsLock
+
+GIB = 1 << 30
+DEFAULT_FIT_CTX = 4096  # llama-server's own default context size
 
 _dir_option = click.option("--dir", "models_dir", type=click.Path(path_type=Path, file_okay=False),
                            help="Models directory (default: models_dir from the lab config); "
@@ -165,11 +169,16 @@ def _model_json(model: RemoteModel) -> dict[str, Any]:
 @click.option("--locked", is_flag=True,
               help="Pull exactly what models.lock lists (all of it, or REPO's entries).")
 @click.option("--no-fit-check", is_flag=True, help="Download even if the model will not fit.")
+@click.option("--vram", type=click.FloatRange(min=0, min_open=True), metavar="GIB",
+              help="GPU memory for the fit check (default: GPU 0 of this host, read via NVML; "
+                   "without either the check is skipped).")
+@click.option("--ctx", "fit_ctx", type=click.IntRange(min=1), default=DEFAULT_FIT_CTX,
+              show_default=True, help="Context size the fit check plans for.")
 @_json_option
 @click.pass_context
 def pull(ctx: click.Context, repo: str | None, file: str | None, quant: str | None,
          revision: str, models_dir: Path | None, lock_path: Path | None, locked: bool,
-         no_fit_check: bool, as_json: bool) -> None:
+         no_fit_check: bool, vram: float | None, fit_ctx: int, as_json: bool) -> None:
     """Download a GGUF model, verified by sha256 and resumable, and pin it in models.lock.
 
     \b
@@ -195,14 +204,22 @@ def pull(ctx: click.Context, repo: str | None, file: str | None, quant: str | No
                                   "--quant Q4_K_M")
         if file and quant:
             raise UsageError("give FILE or --quant, not both")
+        fit = None if no_fit_check else FitRequest(vram_bytes=int(vram * GIB) if vram else None,
+                                                   ctx=fit_ctx)
         results = [_pull_one(app, root, lock_file, repo, file, quant, revision, endpoint, token,
-                             display, no_fit_check)]
+                             display, fit)]
     seconds = time.monotonic() - started
     if as_json:
         print_json({"models_dir": str(root), "lock": str(lock_file), "seconds": round(seconds, 3),
                     "models": results})
         return
     for result in results:
+        fit = result.get("fit") or {}
+        if fit.get("checked") is False:
+            click.echo(f"note: fit check skipped: {fit['reason']}", err=True)
+        elif fit.get("fits") == "partial":
+            click.echo(f"note: fits only partly: run with -ngl {fit['gpu_layers']} of "
+                       f"{fit['n_layers']} layers at context {fit['ctx']}", err=True)
         fetched = sum(f["downloaded"] for f in result["files"])
         state = "already present" if all(f["skipped"] for f in result["files"]) else \
             f"downloaded {_size(fetched)}"
@@ -214,7 +231,7 @@ def pull(ctx: click.Context, repo: str | None, file: str | None, quant: str | No
 
 def _pull_one(app: AppContext, root: Path, lock_file: Path, repo: str, file: str | None,
               quant: str | None, revision: str, endpoint: str, token: str | None,
-              display: _ProgressDisplay, no_fit_check: bool) -> dict[str, Any]:
+              display: _ProgressDisplay, fit: FitRequest | None) -> dict[str, Any]:
     from hlctl.models.hub import HubError, fetch_listing, select_model
     from hlctl.models.lock import LockedFile, LockedModel, locked_update
 
@@ -224,8 +241,8 @@ def _pull_one(app: AppContext, root: Path, lock_file: Path, repo: str, file: str
         if remote.sha256 is None:
             raise HubError(f"{remote.path} has no sha256 on the hub (not an LFS file): "
                            "hlctl cannot verify it")
-    if not no_fit_check:
-        fit_check_before_pull(app, listing, model, endpoint, token)
+    fit_result = (fit_check_before_pull(listing, model, endpoint, token, fit)
+                  if fit is not None else {"checked": False, "reason": "--no-fit-check"})
     files = [(f.path, f.size, f.sha256 or "") for f in model.files]
     results = _download_files(root, repo, listing.commit, files, endpoint, token, display)
     with locked_update(lock_file) as lock:
@@ -234,7 +251,7 @@ def _pull_one(app: AppContext, root: Path, lock_file: Path, repo: str, file: str
             quant=model.quant, pulled_at=app.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
             files=tuple(LockedFile(path, size, sha) for path, size, sha in files)))
     return {"repo": repo, "name": model.name, "quant": model.quant, "revision": revision,
-            "commit": listing.commit, "size": model.size, "files": results}
+            "commit": listing.commit, "size": model.size, "fit": fit_result, "files": results}
 
 
 def _pull_locked(root: Path, lock_file: Path, repo: str | None, endpoint: str,
@@ -307,25 +324,76 @@ def _waiting(display: _ProgressDisplay, dest: Path) -> None:
     click.echo(message, err=True)
 
 
-def fit_check_before_pull(app: AppContext, listing: RepoListing, model: RemoteModel,
-                          endpoint: str, token: str | None) -> None:
-    """Refuse a model that will not fit, before downloading it: the hook into hlctl.models.fit.
+@dataclass(frozen=True)
+class FitRequest:
+    vram_bytes: int | None  # None: read GPU 0 of this host
+    ctx: int
 
-    It calls ``hlctl.models.fit.check_before_pull(repo, commit, files, endpoint=, token=,
-    app=)`` when the fit module provides it; that function raises an HlctlError (exit 1,
-    message naming --no-fit-check) when the model does not fit and returns otherwise. Until it
-    exists the check is skipped: pull still refuses on disk space, and `hlctl models fit` runs
-    on its own.
+
+class DoesNotFit(HlctlError):
+    """`hlctl models fit` says no: refuse before downloading."""
+
+
+def fit_check_before_pull(listing: RepoListing, model: RemoteModel, endpoint: str,
+                          token: str | None, request: FitRequest) -> dict[str, Any]:
+    """Refuse a model that will not fit, before any download: hlctl.models.fit on its header.
+
+    The header comes over HTTP Range requests (a few MB). Without --vram the VRAM is GPU 0's
+    (NVML); on a machine without a GPU (a controller) the check is skipped, and says so.
+    A model that fits only with part of its layers in RAM is allowed: that is a choice.
     """
+    from hlctl.models.fit import estimate_fit
+    from hlctl.models.gguf import GgufError, read_remote_header
+    from hlctl.models.hub import resolve_url
+
+    vram = request.vram_bytes
+    ram = None
+    if vram is None:
+        vram = _local_vram()
+        if vram is None:
+            return {"checked": False, "reason": "no GPU readable here; give --vram GIB to check"}
+        ram = _host_ram()
+    urls = [resolve_url(listing.repo, listing.commit, f.path, endpoint) for f in model.files]
     try:
-        from hlctl.models import fit
-    except ImportError:
-        return
-    check = getattr(fit, "check_before_pull", None)
-    if check is None:
-        return
-    check(listing.repo, listing.commit, list(model.files), endpoint=endpoint, token=token,
-          app=app)
+        header, fetched = read_remote_header(urls, token=token)
+    except GgufError as exc:
+        raise DoesNotFit(f"{model.name}: cannot read its GGUF header for the fit check: {exc}",
+                         hint="--no-fit-check downloads it anyway") from None
+    estimate = estimate_fit(header, request.ctx, vram, ram_bytes=ram)
+    result = {"checked": True, "header_bytes_read": fetched,
+              **{k: v for k, v in estimate.to_json().items()
+                 if k in ("fits", "n_layers", "gpu_layers", "total_vram_bytes", "vram_bytes",
+                          "full_vram_bytes", "ctx", "ram_needed_bytes", "ram_ok")}}
+    if estimate.fits == "no":
+        raise DoesNotFit(
+            f"{model.name} does not fit: a full offload needs "
+            f"{estimate.full_vram_bytes / GIB:.1f} GiB at context {estimate.ctx}, the GPU has "
+            f"{vram / GIB:.1f} GiB" + ("" if estimate.ram_ok is not False
+                                       else ", and RAM cannot take the rest"),
+            hint="see 'hlctl models fit' for a quant that fits; --no-fit-check downloads anyway")
+    return result
+
+
+def _local_vram() -> int | None:
+    try:
+        from hlctl.gpu.nvml import read_snapshot
+
+        snapshot = read_snapshot(kernel_log=False)
+    except Exception:  # no NVML library, no driver: this is not a GPU host
+        return None
+    if snapshot.error or not snapshot.gpus or not snapshot.gpus[0].memory_total_bytes:
+        return None
+    return int(snapshot.gpus[0].memory_total_bytes)
+
+
+def _host_ram() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 # -- list / verify / rm -----------------------------------------------------------------------
