@@ -238,3 +238,21 @@ def test_down_backend_is_probed_back(hl: RunningRouter, local) -> None:
     raw = client(hl).chat.completions.with_raw_response.create(model="auto",
                                                                 messages=MESSAGES)
     assert raw.headers["x-hl-routed-to"] == "local"
+
+
+def test_metrics_by_route(hl: RunningRouter) -> None:
+    client(hl).chat.completions.create(model="auto", messages=MESSAGES)
+    list(client(hl).chat.completions.create(model="auto", messages=MESSAGES, stream=True))
+    client(hl).chat.completions.create(model="cloud", messages=MESSAGES)
+    assert httpx.get(hl.server.url + "/metrics").status_code == 401
+    text = httpx.get(hl.server.url + "/metrics",
+                     headers={"Authorization": f"Bearer {USER_KEY}"}).text
+    for line in ('hlctl_router_requests_total{route="local",status="200"} 2.0',
+                 'hlctl_router_requests_total{route="cloud",status="200"} 1.0',
+                 'hlctl_router_tokens_total{kind="completion",route="local"} 22.0',
+                 'hlctl_router_time_to_first_token_seconds_count{route="local"} 1.0',
+                 'hlctl_router_upstream_up{kind="local",upstream="local0"} 1.0',
+                 'hlctl_router_upstream_up{kind="cloud",upstream="cloud"} 1.0'):
+        assert line in text, line
+    assert 'hlctl_router_cost_usd_total{route="cloud"}' in text
+    assert "hlctl_router_overhead_seconds_count 3.0" in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -46,18 +48,32 @@ class RouterMetrics:
         self.ledger_errors = Gauge("hlctl_router_ledger_write_errors", "Ledger rows that "
                                    "could not be written since start", registry=r)
 
+        self._children: dict[tuple[str, int], tuple[Any, ...]] = {}
+
+    def _for(self, route: str, status: int) -> tuple[Any, ...]:
+        # labels() takes a lock and builds a key each call; the label sets are few.
+        key = (route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route),
+                        self.ttft.labels(route), self.tokens.labels(route, "prompt"),
+                        self.tokens.labels(route, "completion"), self.cost.labels(route))
+            self._children[key] = children
+        return children
+
     def observe(self, route: str, status: int, latency_s: float, ttft_s: float | None,
                 prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(latency_s)
+        requests, latency, ttft, prompt, completion, cost = self._for(route, status)
+        requests.inc()
+        latency.observe(latency_s)
         if ttft_s is not None:
-            self.ttft.labels(route).observe(ttft_s)
+            ttft.observe(ttft_s)
         if prompt_tokens:
-            self.tokens.labels(route, "prompt").inc(prompt_tokens)
+            prompt.inc(prompt_tokens)
         if completion_tokens:
-            self.tokens.labels(route, "completion").inc(completion_tokens)
+            completion.inc(completion_tokens)
         if cost_usd:
-            self.cost.labels(route).inc(cost_usd)
+            cost.inc(cost_usd)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

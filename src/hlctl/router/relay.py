@@ -102,6 +102,7 @@ class StreamRelay:
         self.first_chunk_s = first_chunk_s
         self.idle_s = idle_s
         self.outcome = Outcome()
+        self.done = False
 
     async def run(self, session: aiohttp.ClientSession, path: str, data: bytes,
                   headers: dict[str, str], started: float) -> web.StreamResponse:
@@ -110,7 +111,7 @@ class StreamRelay:
         resp: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(self.first_chunk_s):
-                resp, first = await self._open(session, path, data)
+                resp, reader, first, rest = await self._open(session, path, data)
             received = time.perf_counter()
             stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
             stream.content_type = "text/event-stream"
@@ -119,7 +120,7 @@ class StreamRelay:
             await stream.prepare(self.request)
             out.status = 200
             out.first_chunk_at = time.perf_counter()
-            await self._pump(stream, resp, first)
+            await self._pump(stream, reader, first, rest)
             return stream
         except TimeoutError:
             if out.status == 0:
@@ -132,7 +133,7 @@ class StreamRelay:
                 resp.close()
 
     async def _open(self, session: aiohttp.ClientSession, path: str,
-                    data: bytes) -> tuple[aiohttp.ClientResponse, bytes]:
+                    data: bytes) -> tuple[aiohttp.ClientResponse, SseReader, bytes, list[bytes]]:
         try:
             resp = await session.post(self.backend.base + path, data=data,
                                       headers=_headers(self.backend),
@@ -146,19 +147,28 @@ class StreamRelay:
                     raise failure
                 # A client error (400 and the like): hand it over as the upstream said it.
                 raise PassThrough(resp.status, await resp.read())
-            return resp, await self._first_chunk(resp)
+            reader = SseReader(resp.content)
+            first, rest = await self._first_chunk(reader)
+            return resp, reader, first, rest
         except BaseException:
             resp.close()
             raise
 
-    async def _first_chunk(self, resp: aiohttp.ClientResponse) -> bytes:
-        """Skip pings and progress objects up to the first chunk with choices."""
+    async def _first_chunk(self, reader: SseReader) -> tuple[bytes, list[bytes]]:
+        """Skip pings and progress objects up to the first chunk with choices.
+
+        Returns its payload and the events that arrived with it, still to be sent.
+        """
         try:
-            async for line in resp.content:
-                if line.startswith(b"data:"):
-                    payload = line[5:].strip()
+            while (events := await reader.batch()) is not None:
+                for i, event in enumerate(events):
+                    kind, payload = parse_event(event)
+                    if kind == "error":
+                        raise UpstreamFailure("in-band-error")
+                    if kind != "data":
+                        continue
                     if payload == b"[DONE]":
-                        break
+                        raise UpstreamFailure("empty-stream")
                     try:
                         obj = json.loads(payload)
                     except ValueError:
@@ -167,9 +177,7 @@ class StreamRelay:
                         raise UpstreamFailure("in-band-error")
                     if "choices" in obj:
                         self.outcome.model = str(obj.get("model") or "")
-                        return payload
-                elif line.startswith(b"error:"):
-                    raise UpstreamFailure("in-band-error")
+                        return payload, events[i + 1:]
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailure("cut-before-first-chunk", type(exc).__name__) from None
         raise UpstreamFailure("empty-stream")
@@ -198,62 +206,108 @@ class StreamRelay:
         del obj["usage"]
         return json.dumps(obj).encode()
 
-    async def _pump(self, stream: web.StreamResponse, resp: aiohttp.ClientResponse,
-                    first: bytes) -> None:
+    def _frames(self, events: list[bytes], out: list[bytes]) -> bool:
+        """Append the client's frames for ``events`` to ``out``; True once the stream ended."""
+        for event in events:
+            kind, payload = parse_event(event)
+            if kind == "data":
+                if payload == b"[DONE]":
+                    out.append(b"data: [DONE]\n\n")
+                    self.done = True
+                    return True
+                if payload.startswith(b'{"error"'):
+                    self.outcome.cut = "in-band-error"
+                    out.append(b"data: " + payload + b"\n\n")
+                    return True
+                chunk = self._filter(payload)
+                if chunk is not None:
+                    out.append(b"data: " + chunk + b"\n\n")
+            elif kind == "error":
+                self.outcome.cut = "in-band-error"
+                out.append(b"data: " + payload + b"\n\n")
+                return True
+            elif kind == "comment":
+                out.append(event + b"\n\n")  # keep-alives keep the client's proxies open
+        return False
+
+    async def _pump(self, stream: web.StreamResponse, reader: SseReader, first: bytes,
+                    rest: list[bytes]) -> None:
+        """Send what the upstream sends as it arrives: one write per upstream read."""
         out = self.outcome
-        writing = False
+        frames: list[bytes] = []
+        chunk = self._filter(first)
+        if chunk is not None:
+            frames.append(b"data: " + chunk + b"\n\n")
+        ended = self._frames(rest, frames)
         try:
-            chunk = self._filter(first)
-            if chunk is not None:
-                writing = True
-                await stream.write(b"data: " + chunk + b"\n\n")
-                writing = False
-            async for line in resp.content:
-                if line.startswith(b"data:"):
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        writing = True
-                        await stream.write(b"data: [DONE]\n\n")
-                        writing = False
-                        await stream.write_eof()
+            while True:
+                if frames:
+                    try:
+                        await stream.write(b"".join(frames))
+                    except (ConnectionResetError, aiohttp.ClientError, OSError):
+                        out.client_gone = True
                         return
-                    if payload.startswith(b'{"error"'):
-                        out.cut = "in-band-error"
-                        writing = True
-                        await stream.write(b"data: " + payload + b"\n\n")
-                        await stream.write_eof()
-                        return
-                    chunk = self._filter(payload)
-                    if chunk is None:
-                        continue
-                    writing = True
-                    await stream.write(b"data: " + chunk + b"\n\n")
-                    writing = False
-                elif line.startswith(b"error:"):
-                    out.cut = "in-band-error"
-                    writing = True
-                    await stream.write(b"data: " + line[6:].strip() + b"\n\n")
-                    await stream.write_eof()
-                    return
-            out.cut = "stream-cut"
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            if writing:
-                out.client_gone = True
-                return
-            out.cut = "stream-cut"
+                    frames = []
+                if ended:
+                    break
+                events = await reader.batch()
+                if events is None:
+                    out.cut = "stream-cut"
+                    break
+                ended = self._frames(events, frames)
         except TimeoutError:
             out.cut = "idle-timeout"
         except (aiohttp.ClientError, OSError) as exc:
-            if writing:
-                out.client_gone = True
-                return
             out.cut = f"stream-cut:{type(exc).__name__}"
         try:
-            await stream.write(error_frame(
-                f"the {self.backend.kind} upstream stopped mid-stream ({out.cut})", "stream_cut"))
+            if out.cut is not None and out.cut != "in-band-error":
+                await stream.write(error_frame(
+                    f"the {self.backend.kind} upstream stopped mid-stream ({out.cut})",
+                    "stream_cut"))
             await stream.write_eof()
         except (ConnectionResetError, aiohttp.ClientError, OSError):
             out.client_gone = True
+
+
+def parse_event(event: bytes) -> tuple[str, bytes]:
+    """Classify one SSE event: ("data", payload), ("error", payload), ("comment", b"")..."""
+    if event.startswith(b"data:"):
+        if b"\n" not in event:
+            return "data", event[5:].strip()
+        # Several data lines make one payload, joined by newlines (the SSE rules).
+        lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+        return "data", b"\n".join(lines)
+    if event.startswith(b"error:"):
+        # Older llama-server versions send errors as their own event field.
+        return "error", event[6:].strip()
+    if event.startswith(b":"):
+        return "comment", b""
+    if event.strip() == b"":
+        return "empty", b""
+    return "other", event
+
+
+class SseReader:
+    """Split an upstream SSE body into whole events, as many as each read brings."""
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self.content = content
+        self.buf = b""
+
+    async def batch(self) -> list[bytes] | None:
+        """The next whole events; None at the end of the body (a partial event is dropped)."""
+        while True:
+            data = await self.content.readany()
+            if not data:
+                return None
+            buf = self.buf + data
+            if b"\r" in buf:
+                buf = buf.replace(b"\r\n", b"\n")
+            if b"\n\n" not in buf:
+                self.buf = buf
+                continue
+            *events, self.buf = buf.split(b"\n\n")
+            return events
 
 
 class PassThrough(Exception):

@@ -1,0 +1,298 @@
+"""Benchmark hlctl's router against LiteLLM's proxy, both in front of the same fast stub.
+
+In one run: the stub directly, through ``hlctl router``, through LiteLLM's proxy; throughput
+at 64 concurrent clients and added latency (p50/p99, to the last byte) at 1 client,
+streaming (50 chunks) and not. The stub answers at once, so what is measured is the proxy.
+
+    .venv/bin/python bench/router.py                 # everything (LiteLLM venv made if missing)
+    .venv/bin/python bench/router.py --no-litellm    # hlctl and direct only
+    .venv/bin/python bench/router.py --json out.json --seconds 5
+
+LiteLLM lives in its own venv (``~/.cache/hlctl-bench/litellm-venv``, ``litellm[proxy]``
+from PyPI) so it never enters hlctl's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+LITELLM_VENV = Path.home() / ".cache" / "hlctl-bench" / "litellm-venv"
+BENCH_KEY = "sk-bench-key"
+BODY = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+# -- the servers ---------------------------------------------------------------------------
+
+def serve_hlctl(port: int, upstream: str, state_dir: str) -> None:
+    """Run hlctl's router in this process (the bench's child), as `router serve` would."""
+    from hlctl.router.app import Router, serve_forever
+    from hlctl.router.config import RouterSettings
+
+    settings = RouterSettings.model_validate({
+        "port": port,
+        "keys": [{"name": "bench", "secret": {"env": "HLCTL_BENCH_KEY"}}],
+        "local": [{"name": "stub", "url": upstream}],
+        "energy": {"use_nvml": False},
+    })
+    router = Router(settings, environ={"HLCTL_BENCH_KEY": BENCH_KEY},
+                    state_dir=Path(state_dir))
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve_forever(router, "127.0.0.1", port))
+
+
+def ensure_litellm() -> Path:
+    exe = LITELLM_VENV / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    print(f"creating {LITELLM_VENV} with litellm[proxy] (once) ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+    subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
+                   check=True)
+    return exe
+
+
+def litellm_version() -> str:
+    out = subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c",
+                          "import importlib.metadata as m; print(m.version('litellm'))"],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
+
+
+class Servers:
+    def __init__(self, with_litellm: bool) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.tmp = tempfile.TemporaryDirectory(prefix="hlctl-bench-")
+        self.with_litellm = with_litellm
+        self.targets: dict[str, tuple[str, dict[str, str]]] = {}
+
+    def _spawn(self, args: list[str], env: dict[str, str] | None = None,
+               log: str = "log") -> None:
+        out = open(Path(self.tmp.name) / f"{log}.log", "wb")  # noqa: SIM115 - lives with proc
+        self.procs.append(subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=out,
+                                           env={**os.environ, **(env or {})},
+                                           start_new_session=True))
+
+    def start(self) -> None:
+        stub, hl = free_port(), free_port()
+        self._spawn([sys.executable, "-m", "tests.fixtures.router_stub", "--port", str(stub),
+                     "--chunks", "50"], log="stub")
+        wait_http(f"http://127.0.0.1:{stub}/health", 30)
+        self.targets["direct"] = (f"http://127.0.0.1:{stub}/v1/chat/completions", {})
+        self._spawn([sys.executable, __file__, "_serve_hlctl", str(hl),
+                     f"http://127.0.0.1:{stub}", self.tmp.name], log="hlctl")
+        auth = {"Authorization": f"Bearer {BENCH_KEY}"}
+        wait_http(f"http://127.0.0.1:{hl}/health", 30)
+        self.targets["hlctl"] = (f"http://127.0.0.1:{hl}/v1/chat/completions", auth)
+        if self.with_litellm:
+            exe = ensure_litellm()
+            lp = free_port()
+            config = Path(self.tmp.name) / "litellm.yaml"
+            config.write_text(json.dumps({
+                "model_list": [{"model_name": "auto", "litellm_params": {
+                    "model": "openai/stub-model", "api_base": f"http://127.0.0.1:{stub}/v1",
+                    "api_key": "none"}}],
+                "general_settings": {"master_key": BENCH_KEY}}))
+            self._spawn([str(exe), "--config", str(config), "--port", str(lp),
+                         "--host", "127.0.0.1", "--num_workers", "1"],
+                        env={"LITELLM_MASTER_KEY": BENCH_KEY,
+                             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                             "LITELLM_LOG": "ERROR"}, log="litellm")
+            wait_http(f"http://127.0.0.1:{lp}/health/liveliness", 180)
+            self.targets["litellm"] = (f"http://127.0.0.1:{lp}/v1/chat/completions", auth)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.tmp.cleanup()
+
+
+# -- the load ------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    target: str
+    stream: bool
+    rps_64: float
+    errors_64: int
+    p50_ms_1: float
+    p99_ms_1: float
+
+
+async def _one(session: aiohttp.ClientSession, url: str, data: bytes,
+               headers: dict[str, str], stream: bool) -> bool:
+    async with session.post(url, data=data, headers=headers) as resp:
+        body = await resp.read()
+        if resp.status != 200:
+            return False
+        return body.rstrip().endswith(b"[DONE]") if stream else body.startswith(b"{")
+
+
+async def throughput(url: str, headers: dict[str, str], stream: bool, clients: int,
+                     seconds: float) -> tuple[float, int]:
+    data = json.dumps({**BODY, "stream": stream}).encode()
+    headers = {**headers, "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        done = errors = 0
+        warmup_end = time.perf_counter() + min(1.0, seconds / 4)
+        end = warmup_end + seconds
+        counting_start = 0.0
+
+        async def worker() -> None:
+            nonlocal done, errors
+            while time.perf_counter() < end:
+                try:
+                    ok = await _one(session, url, data, headers, stream)
+                except aiohttp.ClientError:
+                    ok = False
+                if time.perf_counter() >= warmup_end:
+                    done += ok
+                    errors += not ok
+
+        async def mark() -> None:
+            nonlocal counting_start, done, errors
+            await asyncio.sleep(max(0.0, warmup_end - time.perf_counter()))
+            counting_start, done, errors = time.perf_counter(), 0, 0
+
+        await asyncio.gather(mark(), *(worker() for _ in range(clients)))
+        return done / (time.perf_counter() - counting_start), errors
+
+
+async def latency(url: str, headers: dict[str, str], stream: bool,
+                  count: int) -> list[float]:
+    data = json.dumps({**BODY, "stream": stream}).encode()
+    headers = {**headers, "Content-Type": "application/json"}
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(count + 20):
+            started = time.perf_counter()
+            ok = await _one(session, url, data, headers, stream)
+            if not ok:
+                raise RuntimeError(f"{url}: a request failed during the latency run")
+            if i >= 20:  # the first 20 warm the connection and the caches
+                out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(targets: dict[str, tuple[str, dict[str, str]]], seconds: float,
+        count: int) -> list[Result]:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    results = []
+    for stream in (False, True):
+        for name, (url, headers) in targets.items():
+            rps, errors = asyncio.run(throughput(url, headers, stream, 64, seconds))
+            lat = asyncio.run(latency(url, headers, stream, count))
+            results.append(Result(name, stream, rps, errors, statistics.median(lat),
+                                  pct(lat, 0.99)))
+            print(f"  {name:8} stream={stream!s:5} {rps:9.0f} req/s at 64 clients "
+                  f"({errors} errors); 1 client p50 {results[-1].p50_ms_1:.3f} ms "
+                  f"p99 {results[-1].p99_ms_1:.3f} ms", file=sys.stderr, flush=True)
+    return results
+
+
+def report(results: list[Result]) -> dict[str, Any]:
+    by = {(r.target, r.stream): r for r in results}
+    summary: dict[str, Any] = {"results": [asdict(r) for r in results], "proxies": {}}
+    print(f"\n{'':22}{'req/s @64':>11}{'added p50':>11}{'added p99':>11}{'vs litellm':>12}")
+    for stream in (False, True):
+        direct = by[("direct", stream)]
+        for name in ("direct", "hlctl", "litellm"):
+            r = by.get((name, stream))
+            if r is None:
+                continue
+            added50 = r.p50_ms_1 - direct.p50_ms_1
+            added99 = r.p99_ms_1 - direct.p99_ms_1
+            peer = by.get(("litellm", stream))
+            ratio = r.rps_64 / peer.rps_64 if peer and peer.rps_64 else None
+            label = f"{name} {'stream' if stream else 'json'}"
+            print(f"{label:22}{r.rps_64:11.0f}{added50:10.3f}ms{added99:10.3f}ms"
+                  f"{(f'{ratio:11.1f}x' if ratio else ''):>12}")
+            summary["proxies"][label] = {"rps_64": r.rps_64, "added_p50_ms": added50,
+                                         "added_p99_ms": added99,
+                                         "share_of_direct": r.rps_64 / direct.rps_64,
+                                         "x_litellm": ratio}
+    return summary
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "_serve_hlctl":
+        serve_hlctl(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4, help="measure each load this long")
+    parser.add_argument("--count", type=int, default=300, help="1-client requests per target")
+    parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM peer")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    servers = Servers(with_litellm=not args.no_litellm)
+    try:
+        servers.start()
+        print(f"cores: {os.cpu_count()}; litellm "
+              f"{litellm_version() if not args.no_litellm else 'skipped'}", file=sys.stderr)
+        summary = report(run(servers.targets, args.seconds, args.count))
+    finally:
+        servers.stop()
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
