@@ -153,7 +153,8 @@ def _check_template(facts: ProxmoxFacts, plan: VmPlan) -> list[Finding]:
                                     "template on the host (qm template VMID) or set "
                                     "proxmox.template")]
     config = facts.template_config or {}
-    if not any("cloudinit" in str(v) for v in config.values()):
+    drives = [str(v) for k, v in config.items() if re.fullmatch(r"(ide|sata|scsi|virtio)\d+", k)]
+    if not any("cloudinit" in d for d in drives):  # the volume is named vm-ID-cloudinit
         vmid = template.get("vmid")
         return [Finding("template", f"template {plan.template!r} ({vmid}) has no cloud-init "
                                     f"drive: add one on the host (qm set {vmid} --ide2 "
