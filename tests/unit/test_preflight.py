@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -191,3 +192,13 @@ def test_bad_provision_config_is_one_line_with_the_key_path(patch: dict[str, Any
         parse_provision_config({**GOOD, **patch})
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_the_example_snippet_validates() -> None:
+    import yaml
+
+    path = Path(__file__).parents[2] / "docs" / "provision-config.example.yaml"
+    config = parse_provision_config(yaml.safe_load(path.read_text()))
+    assert config.proxmox is not None and config.proxmox.api_url == \
+        "https://pve.lan:8006/api2/json"
+    assert config.vms["gpu01"].gpu_pci == "0000:01:00"
