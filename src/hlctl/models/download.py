@@ -30,6 +30,7 @@ from hlctl.errors import HlctlError
 
 CHUNK = 8 << 20  # one write and one hash update per 8 MiB
 SPACE_MARGIN = 512 << 20
+SYNC_EVERY = 64 << 20  # write back to disk every 64 MiB while downloading
 _XATTR_SHA = "user.hlctl.sha256"  # "<sha256> <size> <mtime_ns>" on a verified file
 _XATTR_EXPECT = "user.hlctl.expect"  # the sha256 a partial is heading for
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -372,6 +373,7 @@ class _Writer:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         os.truncate(self._fd, state.have)
         self._state = state
+        self._unsynced = 0
         self._error: BaseException | None = None
         self._queues: list[queue.Queue[list[bytes] | None]] = [
             queue.Queue(maxsize=4) for _ in "wh"]
@@ -401,6 +403,14 @@ class _Writer:
             while rest:
                 rest = rest[os.write(self._fd, rest):]
         self._state.have += total
+        self._unsynced += total
+        if self._unsynced >= SYNC_EVERY:
+            # Write back as we go, so the final fsync does not wait for gigabytes at once,
+            # and drop the synced pages: a 40 GB model should not evict the page cache.
+            os.fdatasync(self._fd)
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(self._fd, 0, self._state.have, os.POSIX_FADV_DONTNEED)
+            self._unsynced = 0
 
     def _hash(self, block: list[bytes]) -> None:
         update = self._state.digest.update
