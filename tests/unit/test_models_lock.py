@@ -75,3 +75,23 @@ def test_bad_lock_files_say_where(tmp_path: Path, text: str, message: str) -> No
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         read_lock(path)
+
+
+def _add_one(path: str, name: str) -> None:
+    with locked_update(Path(path)) as lock:
+        lock.upsert(_model(name))
+
+
+def test_parallel_processes_do_not_lose_entries(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "models.lock"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_add_one, args=(str(path), f"M{i}")) for i in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert sorted(m.name for m in read_lock(path).models) == [f"M{i}" for i in range(8)]
+    assert [p.name for p in tmp_path.iterdir()] == ["models.lock"]

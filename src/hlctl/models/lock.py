@@ -153,12 +153,15 @@ def write_lock(path: Path, lock: ModelsLock) -> None:
 
 @contextlib.contextmanager
 def locked_update(path: Path) -> Any:
-    """Read, change and write the lock under an fcntl lock, so parallel pulls add, not clobber."""
+    """Read, change and write the lock under an fcntl lock, so parallel pulls add, not clobber.
+
+    The lock is taken on the directory (flock works on directories): the file itself is
+    replaced by rename, so locking it would lock an inode that is about to go away.
+    """
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    guard = path.with_name(f".{path.name}.guard")
-    fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         lock = read_lock(path)
