@@ -2,6 +2,19 @@
 
 Heavy imports (huggingface_hub, httpx, rich) happen inside the commands, so that help and
 other commands stay light.
+
+JSON contracts (``--json``; keys are only ever added):
+
+- search: ``repo, revision, commit, gated, models[]`` with ``name, quant, size, shards,
+  complete, files[] {path, size, sha256}``.
+- pull: ``models_dir, lock, seconds, models[]`` with ``repo, name, quant, revision, commit,
+  size, fit, files[]``; ``fit`` is ``{checked: false, reason}`` or ``{checked: true, fits,
+  n_layers, gpu_layers, total_vram_bytes, vram_bytes, full_vram_bytes, ctx, ram_needed_bytes,
+  ram_ok, header_bytes_read}`` (absent with --locked); a file is ``path, local_path, size,
+  sha256, downloaded, resumed_from, skipped, seconds``.
+- list / verify: ``models_dir, lock, files[]`` with ``repo, model, path, state, size,
+  expected_size, sha256, expected_sha256``; state is ok, missing, modified, partial or unknown.
+- rm: ``repo, name, removed[], lock``.
 """
 
 from __future__ import annotations
@@ -167,7 +180,8 @@ def _model_json(model: RemoteModel) -> dict[str, Any]:
 @_dir_option
 @_lock_option
 @click.option("--locked", is_flag=True,
-              help="Pull exactly what models.lock lists (all of it, or REPO's entries).")
+              help="Pull exactly what models.lock lists (all of it, or REPO's entries), "
+                   "at the pinned commits; no fit check.")
 @click.option("--no-fit-check", is_flag=True, help="Download even if the model will not fit.")
 @click.option("--vram", type=click.FloatRange(min=0, min_open=True), metavar="GIB",
               help="GPU memory for the fit check (default: GPU 0 of this host, read via NVML; "
