@@ -8,6 +8,7 @@ not model). Ansible, community.proxmox, proxmoxer and the role are the real ones
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -275,7 +276,10 @@ def test_the_role_itself_fails_preflight_with_the_fix(
                       host_vars={"gpu01": role_vars(config.proxmox, "gpu01",
                                                     config.vms["gpu01"])},
                       secret_env={"PROXMOX_TOKEN_SECRET": sim.token_secret})
-    result = run_playbook(run, ansible_dir=REPO, environ=dict(os.environ))
+    raw = io.StringIO()
+    result = run_playbook(run, ansible_dir=REPO, environ=dict(os.environ), raw_output=raw)
+    assert "TASK [proxmox_vm : Preflight | Ask the API for its version]" in raw.getvalue()
+    assert sim.token_secret not in raw.getvalue()
     assert not result.ok
     (failure,) = result.failures
     assert failure.task.endswith("Preflight | Check the GPU and its IOMMU group")
@@ -411,3 +415,45 @@ def test_role_sends_only_what_differs_and_keeps_the_mac() -> None:
         filters.config_changes(enrolled, desired, "local-lvm")
     assert filters.disk_gib("local-lvm:vm-100-disk-0,size=2G") == 2
     assert filters.disk_gib("local-lvm:vm-100-disk-0,size=512M") == 0.5
+
+
+def test_simulator_ticket_auth_csrf_and_async_config(pve: tuple[ProxmoxSim, int]) -> None:
+    """Ticket login as root, the CSRF token on writes, and POST config as a UPID task."""
+    import httpx
+
+    sim, port = pve
+    sim.add_vm(Vm(vmid=100, node="pve", name="gpu01", config={"name": "gpu01"}))
+    base = f"https://127.0.0.1:{port}/api2/json"
+    with httpx.Client(verify=False) as http:
+        refused = http.post(f"{base}/access/ticket", data={"username": "root@pam",
+                                                           "password": "wrong"})
+        assert refused.status_code == 401 and refused.json() == {"data": None}
+        login = http.post(f"{base}/access/ticket", data={"username": "root@pam",
+                                                         "password": "rootpass"}).json()["data"]
+        cookie = {"Cookie": f"PVEAuthCookie={login['ticket']}"}
+        csrf = {**cookie, "CSRFPreventionToken": login["CSRFPreventionToken"]}
+        no_csrf = http.post(f"{base}/nodes/pve/qemu/100/config", headers=cookie,
+                            data={"hostpci0": "0000:01:00,pcie=1"})
+        assert no_csrf.status_code == 401
+        upid = http.post(f"{base}/nodes/pve/qemu/100/config", headers=csrf,
+                         data={"hostpci0": "0000:01:00,pcie=1"}).json()["data"]
+        assert upid.startswith("UPID:pve:") and upid.endswith(":qmconfig:100:root@pam:")
+        status = http.get(f"{base}/nodes/pve/tasks/{upid}/status", headers=cookie)
+        assert status.json()["data"]["status"] in ("running", "stopped")
+        bad = http.put(f"{base}/nodes/pve/qemu/100/config", headers=csrf,
+                       data={"cores": "many"})
+        assert bad.status_code == 400
+        assert bad.json() == {"data": None,
+                              "errors": {"cores": "type check ('integer') failed - got 'many'"}}
+    # root may set a raw address; the token may not (see the test above)
+    assert sim.vms[100].config["hostpci0"] == "0000:01:00,pcie=1"
+
+
+def test_only_vm_without_a_proxmox_section_is_a_config_error(
+        lab: tuple[ProxmoxSim, Path, Invoke]) -> None:
+    _, config, invoke = lab
+    config.write_text("models_dir: /tmp\n")
+    result = invoke("provision", "--only", "vm")
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {config}: no proxmox section (add proxmox: and vms: "
+                             "(see docs/provision-config.example.yaml))\n")

@@ -54,9 +54,12 @@ def _select_hosts(inventory: Inventory, names: tuple[str, ...]) -> list[Inventor
 
 
 def _vm_run(app: AppContext, config: ProvisionConfig, inventory: Inventory,
-            hosts: list[InventoryHost], explicit: bool, ansible_dir: Path,
-            check: bool, diff: bool) -> PlaybookRun:
-    """Preflight every VM against the API, then describe the vm.yml run."""
+            hosts: list[InventoryHost], strict: bool, ansible_dir: Path,
+            check: bool, diff: bool) -> PlaybookRun | None:
+    """Preflight every VM against the API, then describe the vm.yml run (None: no VMs).
+
+    ``strict`` (hosts named with ``--only vm``): each must have a VM in the lab config.
+    """
     from hlctl.errors import HlctlError, UsageError
     from hlctl.provision.preflight import VmPlan, run_checks
     from hlctl.provision.proxmox_api import ProxmoxClient, gather_facts
@@ -64,13 +67,12 @@ def _vm_run(app: AppContext, config: ProvisionConfig, inventory: Inventory,
     from hlctl.provision.settings import role_vars, vm_name
 
     missing = [h.name for h in hosts if h.name not in config.vms]
-    if missing and explicit:
+    if missing and strict:
         raise UsageError(f"host {missing[0]} has no entry under vms: in the lab config",
                          hint="add vms: {" + missing[0] + ": {gpu_pci: ...}}")
     vm_hosts = [h for h in hosts if h.name in config.vms]
     if not vm_hosts:
-        raise UsageError("no host has a VM in the lab config (vms:)",
-                         hint="see docs/provision-config.example.yaml")
+        return None  # hosts on bare metal: nothing to create
     proxmox = config.proxmox
     assert proxmox is not None
     secret = proxmox.token_secret.reveal(app.environ)
@@ -122,7 +124,7 @@ def provision(app: AppContext, hosts: tuple[str, ...], check: bool, diff: bool,
       hlctl provision --only vm --check what would change on Proxmox
       hlctl provision -v gpu01          with Ansible's own output
     """
-    from hlctl.errors import ExitStatus, HlctlError
+    from hlctl.errors import ExitStatus, HlctlError, UsageError
     from hlctl.inventory import find_inventory, load_inventory
     from hlctl.provision.runner import PlaybookRun, find_ansible_dir, run_playbook
     from hlctl.provision.settings import load_provision_config
@@ -132,9 +134,15 @@ def provision(app: AppContext, hosts: tuple[str, ...], check: bool, diff: bool,
     ansible_dir = find_ansible_dir(app.environ)
     runs: list[PlaybookRun] = []
     if only in (None, "vm"):
-        config = load_provision_config(app.config_path, app.environ)
-        runs.append(_vm_run(app, config, inventory, selected, bool(hosts), ansible_dir,
-                            check, diff))
+        # Without --only, a lab with no Proxmox (hosts on bare metal) just skips the VM step.
+        config = load_provision_config(app.config_path, app.environ, required=only == "vm")
+        vm_run = (_vm_run(app, config, inventory, selected, bool(hosts) and only == "vm",
+                          ansible_dir, check, diff) if config.proxmox is not None else None)
+        if vm_run is not None:
+            runs.append(vm_run)
+        elif only == "vm":
+            raise UsageError("no host has a VM in the lab config (vms:)",
+                             hint="see docs/provision-config.example.yaml")
     if only in (None, "host"):
         playbook = ansible_dir / "playbooks" / "gpu_host.yml"
         if not playbook.is_file():

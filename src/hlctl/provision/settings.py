@@ -205,11 +205,12 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_provision_config(explicit: Path | None, environ: Mapping[str, str]) -> ProvisionConfig:
+def load_provision_config(explicit: Path | None, environ: Mapping[str, str], *,
+                          required: bool = True) -> ProvisionConfig:
     """Read ``proxmox`` and ``vms`` from the lab config file (and ``HLCTL_*`` env overrides).
 
     Reads the raw file rather than ``LabConfig`` so that it works whether or not LabConfig
-    carries these sections yet.
+    carries these sections yet. With ``required``, a missing proxmox section is an error.
     """
     from hlctl.config import env_overrides, find_config_file, read_config_file
 
@@ -217,7 +218,7 @@ def load_provision_config(explicit: Path | None, environ: Mapping[str, str]) -> 
     data = read_config_file(source) if source is not None else {}
     data = _merge(data, env_overrides(environ))
     config = parse_provision_config(data, source)
-    if config.proxmox is None:
+    if config.proxmox is None and required:
         where = source or "hlctl.yaml"
         raise ConfigError(f"{where}: no proxmox section",
                           hint="add proxmox: and vms: (see docs/provision-config.example.yaml)")
