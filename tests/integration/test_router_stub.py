@@ -256,3 +256,18 @@ def test_metrics_by_route(hl: RunningRouter) -> None:
         assert line in text, line
     assert 'hlctl_router_cost_usd_total{route="cloud"}' in text
     assert "hlctl_router_overhead_seconds_count 3.0" in text
+
+
+@pytest.mark.parametrize(("transcript", "usage_in_ledger"), [
+    ("llama_normal.sse", False), ("llama_usage_chunk.sse", True),
+    ("normal.sse", False), ("usage_chunk.sse", True)])
+def test_recorded_llama_transcripts_replay(hl: RunningRouter, local, transcript: str,
+                                          usage_in_ledger: bool) -> None:
+    local[0].behavior.transcript = transcript
+    chunks = list(client(hl).chat.completions.create(model="auto", messages=MESSAGES,
+                                                     stream=True))
+    assert all(c.choices for c in chunks), "the usage-only chunk reached the client"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks)
+    row = hl.ledger_rows(wait_for=1)[0]
+    assert row["status"] == 200 and row["predicted_ms"] > 0
+    assert row["tokens_estimated"] == (0 if usage_in_ledger else 1)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +42,7 @@ from hlctl.router.pricing import CloudPrices, EnergyPrice, Timings, Usage, cost
 from hlctl.router.relay import Outcome, PassThrough, StreamRelay, UpstreamFailure, post_json
 from hlctl.router.upstreams import Backend, UpstreamPool
 
+log = logging.getLogger(__name__)
 PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions",
                               "embeddings": "/embeddings"}
 _TRUE = ("1", "true", "yes", "on")
@@ -69,7 +71,8 @@ def prompt_text(body: Mapping[str, Any], endpoint: Endpoint) -> str:
     """The text a request sends, for the length and keyword rules."""
     if endpoint == "chat":
         parts: list[str] = []
-        for message in body.get("messages") or ():
+        messages = body.get("messages")
+        for message in messages if isinstance(messages, list) else ():
             content = message.get("content") if isinstance(message, dict) else None
             if isinstance(content, str):
                 parts.append(content)
@@ -236,7 +239,16 @@ class Router:
                                 self.ledger.budget(self.settings.monthly_cloud_budget_usd),
                                 self.policy)
         exchange = _Exchange(self, request, key, body, raw, endpoint, route_request, started)
-        return await exchange.run(decision)
+        try:
+            return await exchange.run(decision)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as exc:
+            # A bug of ours must still answer in OpenAI's shape, and say no more than its type.
+            log.exception("request failed inside the router")
+            return self._error(RouteError(500, "internal_error",
+                                          f"internal router error ({type(exc).__name__})",
+                                          "server_error"), started, decision)
 
 
 class _Exchange:
