@@ -6,6 +6,7 @@ where a wrong type would mislead a decision.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -102,21 +103,30 @@ def _list(value: Any) -> list[dict[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
+_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+
+
+def _vms(client: ProxmoxClient) -> list[dict[str, Any]]:
+    """QEMU VMs of /cluster/resources whose node and vmid are safe to put in a URL path."""
+    return [v for v in _list(client.get("/cluster/resources", type="vm"))
+            if v.get("type", "qemu") == "qemu" and isinstance(v.get("vmid"), int)
+            and isinstance(v.get("node"), str) and _NODE.match(v["node"])]
+
+
 def gather_facts(client: ProxmoxClient, plan: VmPlan) -> ProxmoxFacts:
     """Read what preflight needs: one GET per fact, plus each other VM's config."""
     client.get("/version")  # the cheapest call that proves address and token
     nodes = _list(client.get("/nodes"))
     if not any(n.get("node") == plan.node for n in nodes):
         return ProxmoxFacts(nodes, [], None, [], {}, [], None)
-    vms = [v for v in _list(client.get("/cluster/resources", type="vm"))
-           if v.get("type", "qemu") == "qemu"]
+    vms = _vms(client)
     template = next((v for v in vms if v.get("name") == plan.template
                      and v.get("template") == 1), None)
     template_config = (client.get(f"/nodes/{template['node']}/qemu/{template['vmid']}/config")
                        if template else None)
     configs: dict[int, dict[str, Any]] = {}
     for vm in vms:
-        if vm.get("template") != 1 and isinstance(vm.get("vmid"), int):
+        if vm.get("template") != 1:
             config = client.get(f"/nodes/{vm['node']}/qemu/{vm['vmid']}/config")
             configs[vm["vmid"]] = config if isinstance(config, dict) else {}
     try:
@@ -150,8 +160,8 @@ class VmRow:
 def list_vms(client: ProxmoxClient, lab_names: set[str]) -> list[VmRow]:
     """Every VM (not templates) with its state and its hostpci devices."""
     rows = []
-    for vm in _list(client.get("/cluster/resources", type="vm")):
-        if vm.get("template") == 1 or vm.get("type", "qemu") != "qemu":
+    for vm in _vms(client):
+        if vm.get("template") == 1:
             continue
         config = client.get(f"/nodes/{vm['node']}/qemu/{vm['vmid']}/config")
         config = config if isinstance(config, dict) else {}
@@ -165,8 +175,7 @@ def list_vms(client: ProxmoxClient, lab_names: set[str]) -> list[VmRow]:
 def destroy_vm(client: ProxmoxClient, name: str, *, timeout_s: float,
                progress: Callable[[str], None] = lambda _: None) -> int:
     """Stop (hard) and delete the VM named ``name`` with its disks; return its vmid."""
-    matches = [v for v in _list(client.get("/cluster/resources", type="vm"))
-               if v.get("name") == name]
+    matches = [v for v in _vms(client) if v.get("name") == name]
     if not matches:
         raise ProxmoxApiError(f"no VM named {name!r} on the cluster",
                               hint="see 'hlctl vm list'")

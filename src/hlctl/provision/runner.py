@@ -130,11 +130,13 @@ class EventTally:
 
 
 def find_ansible_dir(environ: Mapping[str, str], cwd: Path | None = None) -> Path:
-    """Where playbooks/ and roles/ are: $HLCTL_ANSIBLE_DIR, the cwd, or this source tree."""
+    """Where playbooks/ and roles/ are: $HLCTL_ANSIBLE_DIR, the cwd, inside the installed
+    package (hlctl/ansible/, when the wheel ships them there), or this source checkout."""
     candidates = []
     if environ.get("HLCTL_ANSIBLE_DIR"):
         candidates.append(Path(environ["HLCTL_ANSIBLE_DIR"]))
-    candidates += [cwd or Path.cwd(), Path(__file__).resolve().parents[3]]
+    here = Path(__file__).resolve()
+    candidates += [cwd or Path.cwd(), here.parents[1] / "ansible", here.parents[3]]
     for candidate in candidates:
         if (candidate / "playbooks").is_dir() and (candidate / "roles").is_dir():
             return candidate
