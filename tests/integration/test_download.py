@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hlctl.models.download import (
-    DownloadError,
-    DownloadSpec,
-    NotEnoughSpace,
-    RetryPolicy,
-    check_space,
-    download,
-)
+from hlctl.models.download import DownloadError, DownloadSpec, RetryPolicy, download
 from hlctl.models.hub import fetch_listing, resolve_url
+from hlctl.models.localfile import NotEnoughSpace, check_space
 from tests.fixtures.hub_server import Faults, HubServer
 
 MiB = 1 << 20

@@ -198,9 +198,9 @@ def test_fit_check_refuses_before_download(lab: Lab, tmp_path: Path) -> None:
     (lab.models / "o/llama/synthetic-llama-Q8_0.gguf").unlink()
     fits = _json(lab.run("pull", "o/llama", "--vram", "8", "--json"))
     assert fits["models"][0]["fit"]["fits"] == "full"
-    from hlctl.cli.models_pull import _local_vram
+    from hlctl.models.pull import local_vram
 
-    if _local_vram() is None:  # without a GPU and --vram the check is skipped, and says so
+    if local_vram() is None:  # without a GPU and --vram the check is skipped, and says so
         no_gpu = lab.run("pull", "o/llama")
         assert no_gpu.returncode == 0 and "fit check skipped" in no_gpu.stderr
 

@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,7 @@ from hlctl.context import AppContext
 from hlctl.errors import HlctlError, UsageError
 
 if TYPE_CHECKING:
-    from hlctl.models.hub import RemoteModel, RepoListing
+    from hlctl.models.hub import RemoteModel
     from hlctl.models.lock import LockedModel, ModelsLock
 
 GIB = 1 << 30
@@ -207,10 +206,14 @@ def pull(ctx: click.Context, repo: str | None, file: str | None, quant: str | No
     endpoint, token = _hub_access(app)
     display = _ProgressDisplay(_tty(as_json))
     started = time.monotonic()
+    from hlctl.models.pull import FitRequest, PullTarget, pull_locked, pull_model
+
+    target = PullTarget(models_dir=root, lock_file=lock_file, endpoint=endpoint, token=token)
+    reporter = _reporter(display)
     if locked:
         if file or quant:
             raise UsageError("--locked pulls what the lock lists; give at most REPO")
-        results = _pull_locked(root, lock_file, repo, endpoint, token, display)
+        results = pull_locked(target, repo, reporter)
     else:
         if repo is None:
             raise UsageError("give a hub repo (OWNER/NAME), or --locked",
@@ -220,8 +223,8 @@ def pull(ctx: click.Context, repo: str | None, file: str | None, quant: str | No
             raise UsageError("give FILE or --quant, not both")
         fit = None if no_fit_check else FitRequest(vram_bytes=int(vram * GIB) if vram else None,
                                                    ctx=fit_ctx)
-        results = [_pull_one(app, root, lock_file, repo, file, quant, revision, endpoint, token,
-                             display, fit)]
+        results = [pull_model(target, repo, file=file, quant=quant, revision=revision, fit=fit,
+                              reporter=reporter, now=app.clock())]
     seconds = time.monotonic() - started
     if as_json:
         print_json({"models_dir": str(root), "lock": str(lock_file), "seconds": round(seconds, 3),
@@ -243,171 +246,15 @@ def pull(ctx: click.Context, repo: str | None, file: str | None, quant: str | No
     click.echo(f"pinned in {lock_file}" if not locked else f"matches {lock_file}")
 
 
-def _pull_one(app: AppContext, root: Path, lock_file: Path, repo: str, file: str | None,
-              quant: str | None, revision: str, endpoint: str, token: str | None,
-              display: _ProgressDisplay, fit: FitRequest | None) -> dict[str, Any]:
-    from hlctl.models.hub import HubError, fetch_listing, select_model
-    from hlctl.models.lock import LockedFile, LockedModel, locked_update
+def _reporter(display: _ProgressDisplay) -> Any:
+    from hlctl.models.pull import Reporter
 
-    listing = fetch_listing(repo, revision, endpoint=endpoint, token=token)
-    model = select_model(listing.models, file=file, quant=quant, repo=repo)
-    for remote in model.files:
-        if remote.sha256 is None:
-            raise HubError(f"{remote.path} has no sha256 on the hub (not an LFS file): "
-                           "hlctl cannot verify it")
-    fit_result = (fit_check_before_pull(listing, model, endpoint, token, fit)
-                  if fit is not None else {"checked": False, "reason": "--no-fit-check"})
-    files = [(f.path, f.size, f.sha256 or "") for f in model.files]
-    results = _download_files(root, repo, listing.commit, files, endpoint, token, display)
-    with locked_update(lock_file) as lock:
-        lock.upsert(LockedModel(
-            repo=repo, name=model.name, revision=revision, commit=listing.commit,
-            quant=model.quant, pulled_at=app.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
-            files=tuple(LockedFile(path, size, sha) for path, size, sha in files)))
-    return {"repo": repo, "name": model.name, "quant": model.quant, "revision": revision,
-            "commit": listing.commit, "size": model.size, "fit": fit_result, "files": results}
+    def waiting(dest: Path) -> None:
+        message = f"another pull of {dest.name} is running; waiting for it"
+        display.note(message)
+        click.echo(message, err=True)
 
-
-def _pull_locked(root: Path, lock_file: Path, repo: str | None, endpoint: str,
-                 token: str | None, display: _ProgressDisplay) -> list[dict[str, Any]]:
-    from hlctl.models.hub import HubError, paths_info
-    from hlctl.models.lock import read_lock
-
-    lock = read_lock(lock_file)
-    chosen = [m for m in lock.models if repo is None or m.repo == repo]
-    if not chosen:
-        raise UsageError(f"{lock_file} lists no models" + (f" of {repo}" if repo else ""),
-                         hint="pull without --locked first; that writes the lock")
-    results = []
-    for model in chosen:
-        # The lock is the authority, but a hub that disagrees about a pinned commit is a red flag.
-        remote = paths_info(model.repo, model.commit, [f.path for f in model.files],
-                            endpoint=endpoint, token=token)
-        for locked_file in model.files:
-            found = remote.get(locked_file.path)
-            if found is None:
-                raise HubError(f"{model.repo}@{model.commit[:12]} no longer has {locked_file.path}")
-            if (found.sha256, found.size) != (locked_file.sha256, locked_file.size):
-                raise HubError(
-                    f"{model.repo}@{model.commit[:12]}: {locked_file.path} on the hub "
-                    f"(sha256 {found.sha256}, {found.size} bytes) differs from {lock_file} "
-                    f"(sha256 {locked_file.sha256}, {locked_file.size} bytes)")
-        files = [(f.path, f.size, f.sha256) for f in model.files]
-        results.append({"repo": model.repo, "name": model.name, "quant": model.quant,
-                        "revision": model.revision, "commit": model.commit, "size": model.size,
-                        "files": _download_files(root, model.repo, model.commit, files, endpoint,
-                                                 token, display)})
-    return results
-
-
-def _download_files(root: Path, repo: str, commit: str, files: list[tuple[str, int, str]],
-                    endpoint: str, token: str | None,
-                    display: _ProgressDisplay) -> list[dict[str, Any]]:
-    """Check every name and the disk first, then fetch each file; nothing is written before."""
-    from hlctl.models.download import (
-        DownloadSpec,
-        bytes_to_fetch,
-        check_space,
-        download,
-        new_client,
-    )
-    from hlctl.models.hub import local_path, resolve_url
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    specs = [DownloadSpec(url=resolve_url(repo, commit, path, endpoint),
-                          dest=local_path(root, repo, path), size=size, sha256=sha256,
-                          headers=headers) for path, size, sha256 in files]
-    check_space(specs[0].dest.parent, sum(bytes_to_fetch(s) for s in specs))
-    results = []
-    with new_client() as client, display.running():
-        for spec in specs:
-            result = download(
-                spec, client=client, progress=display.task(spec.dest.name, spec.size),
-                on_wait=lambda spec=spec: _waiting(display, spec.dest))
-            results.append({"path": spec.dest.relative_to(root / repo).as_posix(),
-                            "local_path": str(result.path), "size": result.size,
-                            "sha256": result.sha256, "downloaded": result.downloaded,
-                            "resumed_from": result.resumed_from, "skipped": result.skipped,
-                            "seconds": round(result.seconds, 3)})
-    return results
-
-
-def _waiting(display: _ProgressDisplay, dest: Path) -> None:
-    message = f"another pull of {dest.name} is running; waiting for it"
-    display.note(message)
-    click.echo(message, err=True)
-
-
-@dataclass(frozen=True)
-class FitRequest:
-    vram_bytes: int | None  # None: read GPU 0 of this host
-    ctx: int
-
-
-class DoesNotFit(HlctlError):
-    """`hlctl models fit` says no: refuse before downloading."""
-
-
-def fit_check_before_pull(listing: RepoListing, model: RemoteModel, endpoint: str,
-                          token: str | None, request: FitRequest) -> dict[str, Any]:
-    """Refuse a model that will not fit, before any download: hlctl.models.fit on its header.
-
-    The header comes over HTTP Range requests (a few MB). Without --vram the VRAM is GPU 0's
-    (NVML); on a machine without a GPU (a controller) the check is skipped, and says so.
-    A model that fits only with part of its layers in RAM is allowed: that is a choice.
-    """
-    from hlctl.models.fit import estimate_fit
-    from hlctl.models.gguf import GgufError, read_remote_header
-    from hlctl.models.hub import resolve_url
-
-    vram = request.vram_bytes
-    ram = None
-    if vram is None:
-        vram = _local_vram()
-        if vram is None:
-            return {"checked": False, "reason": "no GPU readable here; give --vram GIB to check"}
-        ram = _host_ram()
-    urls = [resolve_url(listing.repo, listing.commit, f.path, endpoint) for f in model.files]
-    try:
-        header, fetched = read_remote_header(urls, token=token)
-    except GgufError as exc:
-        raise DoesNotFit(f"{model.name}: cannot read its GGUF header for the fit check: {exc}",
-                         hint="--no-fit-check downloads it anyway") from None
-    estimate = estimate_fit(header, request.ctx, vram, ram_bytes=ram)
-    result = {"checked": True, "header_bytes_read": fetched,
-              **{k: v for k, v in estimate.to_json().items()
-                 if k in ("fits", "n_layers", "gpu_layers", "total_vram_bytes", "vram_bytes",
-                          "full_vram_bytes", "ctx", "ram_needed_bytes", "ram_ok")}}
-    if estimate.fits == "no":
-        raise DoesNotFit(
-            f"{model.name} does not fit: a full offload needs "
-            f"{estimate.full_vram_bytes / GIB:.1f} GiB at context {estimate.ctx}, the GPU has "
-            f"{vram / GIB:.1f} GiB" + ("" if estimate.ram_ok is not False
-                                       else ", and RAM cannot take the rest"),
-            hint="see 'hlctl models fit' for a quant that fits; --no-fit-check downloads anyway")
-    return result
-
-
-def _local_vram() -> int | None:
-    try:
-        from hlctl.gpu.nvml import read_snapshot
-
-        snapshot = read_snapshot(kernel_log=False)
-    except Exception:  # no NVML library, no driver: this is not a GPU host
-        return None
-    if snapshot.error or not snapshot.gpus or not snapshot.gpus[0].memory_total_bytes:
-        return None
-    return int(snapshot.gpus[0].memory_total_bytes)
-
-
-def _host_ram() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return Reporter(task=display.task, waiting=waiting, running=display.running)
 
 
 # -- list / verify / rm -----------------------------------------------------------------------

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import queue
 import random
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +25,20 @@ from typing import Any
 import httpx
 
 from hlctl.errors import HlctlError
+from hlctl.models.localfile import (
+    NotEnoughSpace,
+    ProgressFn,
+    expected_of_partial,
+    file_lock,
+    fsync_dir,
+    mark_partial,
+    mark_verified,
+    sha256_file,
+    verified_by_mark,
+)
 
 CHUNK = 8 << 20  # one write and one hash update per 8 MiB
-SPACE_MARGIN = 512 << 20
 SYNC_EVERY = 64 << 20  # write back to disk every 64 MiB while downloading
-_XATTR_SHA = "user.hlctl.sha256"  # "<sha256> <size> <mtime_ns>" on a verified file
-_XATTR_EXPECT = "user.hlctl.expect"  # the sha256 a partial is heading for
-ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
 class DownloadError(HlctlError):
@@ -49,10 +54,6 @@ class ChecksumMismatch(DownloadError):
 
 
 class SizeMismatch(DownloadError):
-    pass
-
-
-class NotEnoughSpace(DownloadError):
     pass
 
 
@@ -121,21 +122,9 @@ def _large_reads() -> None:
             http11.HTTP11Connection.READ_NUM_BYTES, 1 << 20)
 
 
-def check_space(directory: Path, needed: int, margin: int = SPACE_MARGIN) -> None:
-    """Refuse up front when the filesystem lacks room for ``needed`` bytes plus a margin."""
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed + margin > free:
-        raise NotEnoughSpace(
-            f"not enough disk space in {directory}: need {_gib(needed)} plus {_gib(margin)} "
-            f"margin, {_gib(free)} free", hint="free space or choose another --dir")
-
-
 def bytes_to_fetch(spec: DownloadSpec) -> int:
     """What is still to download for this file (0 when it is already in place)."""
-    if _verified_by_xattr(spec.dest, spec.sha256, spec.size):
+    if verified_by_mark(spec.dest, spec.sha256, spec.size):
         return 0
     try:
         have = spec.partial.stat().st_size
@@ -150,7 +139,7 @@ def download(spec: DownloadSpec, *, client: httpx.Client | None = None,
     """Fetch ``spec.url`` into ``spec.dest``, verified; a present verified file is a no-op."""
     started = time.monotonic()
     spec.dest.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(spec.lockfile, on_wait):
+    with file_lock(spec.lockfile, on_wait):
         if _is_present(spec):
             if progress:
                 progress(spec.size, spec.size)
@@ -173,30 +162,10 @@ def download(spec: DownloadSpec, *, client: httpx.Client | None = None,
             spec.partial.unlink(missing_ok=True)
             raise ChecksumMismatch(spec.dest.name, spec.sha256, digest)
         os.replace(spec.partial, spec.dest)
-        _fsync_dir(spec.dest.parent)
-        _mark_verified(spec.dest, spec.sha256)
+        fsync_dir(spec.dest.parent)
+        mark_verified(spec.dest, spec.sha256)
         return DownloadResult(spec.dest, spec.size, spec.sha256, fetched, resumed, False,
                               time.monotonic() - started)
-
-
-def sha256_file(path: Path, progress: ProgressFn | None = None, limit: int | None = None,
-                digest: Any = None) -> Any:
-    """Hash a file (or its first ``limit`` bytes) with large reads; return the hash object."""
-    digest = digest or hashlib.sha256()
-    total = limit if limit is not None else path.stat().st_size
-    done = 0
-    with path.open("rb", buffering=0) as handle:
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        while done < total:
-            count = handle.readinto(view[:min(CHUNK, total - done)])
-            if not count:
-                break
-            digest.update(view[:count])
-            done += count
-            if progress:
-                progress(done, total)
-    return digest
 
 
 # -- the transfer --------------------------------------------------------------------------------
@@ -247,7 +216,7 @@ def _resume_state(spec: DownloadSpec) -> _State:
         have = spec.partial.stat().st_size
     except FileNotFoundError:
         have = 0
-    if have and (have > spec.size or _getxattr(spec.partial, _XATTR_EXPECT) not in
+    if have and (have > spec.size or expected_of_partial(spec.partial) not in
                  (None, spec.sha256)):
         spec.partial.unlink()  # left by a different version of the file
         have = 0
@@ -255,7 +224,7 @@ def _resume_state(spec: DownloadSpec) -> _State:
         sha256_file(spec.partial, limit=have, digest=digest)
     else:
         spec.partial.touch()
-        _setxattr(spec.partial, _XATTR_EXPECT, spec.sha256)
+        mark_partial(spec.partial, spec.sha256)
     return _State(digest, have)
 
 
@@ -456,109 +425,12 @@ def _is_present(spec: DownloadSpec) -> bool:
     if info.st_size != spec.size:
         raise DownloadError(f"{spec.dest} exists with {info.st_size} bytes, the hub says "
                             f"{spec.size}", hint="remove it with 'hlctl models rm' and pull again")
-    if _verified_by_xattr(spec.dest, spec.sha256, spec.size):
+    if verified_by_mark(spec.dest, spec.sha256, spec.size):
         return True
     actual = sha256_file(spec.dest).hexdigest()
     if actual != spec.sha256:
         raise DownloadError(f"{spec.dest} exists but its sha256 is {actual}, the hub says "
                             f"{spec.sha256}",
                             hint="remove it with 'hlctl models rm' and pull again")
-    _mark_verified(spec.dest, spec.sha256)
+    mark_verified(spec.dest, spec.sha256)
     return True
-
-
-def _verified_by_xattr(path: Path, sha256: str, size: int) -> bool:
-    mark = _getxattr(path, _XATTR_SHA)
-    if mark is None:
-        return False
-    try:
-        info = path.stat()
-    except OSError:
-        return False
-    return mark == f"{sha256} {size} {info.st_mtime_ns}" and info.st_size == size
-
-
-def _mark_verified(path: Path, sha256: str) -> None:
-    info = path.stat()
-    _setxattr(path, _XATTR_SHA, f"{sha256} {info.st_size} {info.st_mtime_ns}")
-
-
-def verified_mark(path: Path) -> tuple[str, bool] | None:
-    """The sha256 hlctl recorded when it verified the file, and whether the file is unchanged
-    since (same size and mtime); None when there is no mark (or no xattr support)."""
-    mark = _getxattr(path, _XATTR_SHA)
-    if mark is None:
-        return None
-    parts = mark.split()
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    if len(parts) != 3:
-        return None
-    return parts[0], parts[1] == str(info.st_size) and parts[2] == str(info.st_mtime_ns)
-
-
-def mark_verified(path: Path, sha256: str) -> None:
-    _mark_verified(path, sha256)
-
-
-def _getxattr(path: Path, name: str) -> str | None:
-    try:
-        return os.getxattr(path, name).decode()
-    except (OSError, AttributeError, UnicodeDecodeError):
-        return None
-
-
-def _setxattr(path: Path, name: str, value: str) -> None:
-    # Filesystems without user xattrs just lose the shortcut: we rehash instead.
-    with contextlib.suppress(OSError, AttributeError):
-        os.setxattr(path, name, value.encode())
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, on_wait: Callable[[], None] | None) -> Iterator[None]:
-    """An exclusive fcntl lock on ``path``, removed by its holder when done.
-
-    A waiter may get the lock on a file its holder just unlinked; it then checks that the
-    path still names the inode it locked, and tries again if not.
-    """
-    waited = False
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait and not waited:
-                    on_wait()
-                waited = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
-
-
-def _gib(count: int) -> str:
-    return f"{count / (1 << 30):.2f} GiB" if count >= 1 << 28 else f"{count / (1 << 20):.1f} MiB"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hlctl.models.download import mark_verified, sha256_file, verified_mark
+from hlctl.models.localfile import mark_verified, sha256_file, verified_mark
 from hlctl.models.lock import LockedModel, ModelsLock
 
 OK, MISSING, MODIFIED, UNKNOWN, PARTIAL = "ok", "missing", "modified", "unknown", "partial"
