@@ -107,3 +107,15 @@ def test_progress_is_reported_to_the_end(hub: HubServer, tmp_path: Path) -> None
     assert seen[-1] == (len(data), len(data))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert hashlib.sha256(spec.dest.read_bytes()).hexdigest() == spec.sha256
+
+
+def test_hub_metadata_503_is_retried(hub: HubServer) -> None:
+    from hlctl.models.hub import HubError
+
+    repo = hub.repo("o/m", api_unavailable_times=2)
+    repo.add("m-Q8_0.gguf", data=b"x" * 100)
+    listing = fetch_listing("o/m", "main", endpoint=hub.url, token=None)
+    assert [f.path for f in listing.files] == ["m-Q8_0.gguf"]
+    repo.api_unavailable_times = 10
+    with pytest.raises(HubError, match="the hub answered HTTP 503"):
+        fetch_listing("o/m", "main", endpoint=hub.url, token=None)

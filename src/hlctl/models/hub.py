@@ -299,8 +299,28 @@ def _api(endpoint: str, token: str | None) -> Any:
     return HfApi(endpoint=endpoint, token=token if token else False)
 
 
-def _call(repo: str, revision: str, fn: Any) -> Any:
-    """Map huggingface_hub's exceptions to one sentence each."""
+class _Retry(Exception):
+    def __init__(self, error: HubError) -> None:
+        self.error = error
+
+
+def _call(repo: str, revision: str, fn: Any, *, attempts: int = 4,
+          sleep: Any = None) -> Any:
+    """Call the hub, retrying 429/5xx and network errors with backoff; one sentence on failure."""
+    import time
+
+    sleep = sleep or time.sleep
+    for attempt in range(attempts):
+        try:
+            return _call_once(repo, revision, fn)
+        except _Retry as retry:
+            if attempt == attempts - 1:
+                raise retry.error from None
+            sleep(min(8.0, 0.5 * 2 ** attempt))
+    raise AssertionError("unreachable")
+
+
+def _call_once(repo: str, revision: str, fn: Any) -> Any:
     from huggingface_hub import errors as hf_errors
 
     try:
@@ -316,11 +336,16 @@ def _call(repo: str, revision: str, fn: Any) -> Any:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
             raise GatedRepoError(repo) from None
-        raise HubError(f"{repo}: the hub answered HTTP {status}") from None
+        error = HubError(f"{repo}: the hub answered HTTP {status}")
+        if status is not None and (status == 429 or status >= 500):
+            raise _Retry(error) from None
+        raise error from None
     except (OSError, ValueError) as exc:
         # httpx transport errors are OSError-like; give the endpoint so a typo shows.
-        raise HubError(f"{repo}: cannot reach the hub: {type(exc).__name__}: {exc}") from None
+        raise _Retry(HubError(f"{repo}: cannot reach the hub: {type(exc).__name__}: {exc}")) \
+            from None
     except Exception as exc:
         if type(exc).__module__.startswith(("httpx", "httpcore", "httpx2")):
-            raise HubError(f"{repo}: cannot reach the hub: {type(exc).__name__}: {exc}") from None
+            raise _Retry(HubError(f"{repo}: cannot reach the hub: {type(exc).__name__}: {exc}")) \
+                from None
         raise
