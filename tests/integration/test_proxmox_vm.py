@@ -457,3 +457,23 @@ def test_only_vm_without_a_proxmox_section_is_a_config_error(
     assert result.exit_code == 2
     assert result.stderr == (f"error: {config}: no proxmox section (add proxmox: and vms: "
                              "(see docs/provision-config.example.yaml))\n")
+
+
+@needs_ansible
+@pytest.mark.slow
+def test_an_efi_disk_with_secure_boot_keys_stops_the_run_with_the_fix(
+        lab: tuple[ProxmoxSim, Path, Invoke]) -> None:
+    sim, _, invoke = lab
+    sim.mappings["gpu01-gpu"] = {"id": "gpu01-gpu", "map": ["node=pve,path=0000:01:00"]}
+    sim.add_vm(Vm(vmid=100, node="pve", name="gpu01", config={
+        "name": "gpu01", "scsi0": "local-lvm:vm-100-disk-0,size=64G",
+        "efidisk0": "local-lvm:vm-100-disk-1,efitype=4m,pre-enrolled-keys=1,size=4M"}))
+    result = invoke("provision", "--only", "vm", "--json")
+    assert result.exit_code == 1
+    (failure,) = json.loads(result.stdout)["runs"][0]["failures"]
+    assert failure["task"].endswith("Hardware | Work out which settings differ")
+    assert failure["message"] == (
+        "efidisk0 has pre-enrolled Secure Boot keys, which reject the unsigned DKMS nvidia "
+        "module: remove the EFI disk in the Proxmox UI (Hardware > EFI Disk > Remove) and run "
+        "again")
+    assert _writes(sim) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -28,10 +29,17 @@ DOCUMENTATION = """
 _HIDDEN = "output hidden by no_log"
 
 
+# Ansible wraps an exception from a filter in three layers of "failed:"; the last is ours.
+_FILTER_FAILED = re.compile(r"The filter plugin '[^']+' failed: (.*)$", re.S)
+
+
 def _message(result: dict[str, Any]) -> str:
     if result.get("_ansible_no_log"):
         return _HIDDEN
     msg = result.get("msg") or result.get("stderr") or result.get("reason") or ""
+    match = _FILTER_FAILED.search(str(msg))
+    if match:
+        return match.group(1).strip()
     if not msg and isinstance(result.get("results"), list):  # a loop: the first failed item
         for item in result["results"]:
             if isinstance(item, dict) and item.get("failed"):
