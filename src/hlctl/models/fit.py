@@ -78,7 +78,7 @@ class ModelShape:
     n_embd: int
     n_vocab: int
     n_ctx_train: int
-    n_ff: int
+    n_ff: int  # widest dense FFN
     n_head: tuple[int, ...]  # per block
     n_head_kv: tuple[int, ...]  # per block
     k_dim: tuple[int, ...]  # per block: K row width (head dim x kv heads)
@@ -89,7 +89,18 @@ class ModelShape:
     input_bytes: int  # token embedding & co, always on the CPU
     output_bytes: int  # output norm & head (and small leftovers), the "output layer"
     tied_bytes: int  # >0: the output reuses the embedding; its copy on a GPU costs this much
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    n_ff_shexp: int = 0
     notes: tuple[str, ...] = ()
+
+    @property
+    def n_ff_active(self) -> int:
+        """FFN width one token passes through: dense, or the experts it is routed to."""
+        if self.n_expert and self.n_expert_used and self.n_ff_exp:
+            return max(self.n_ff_exp * self.n_expert_used + self.n_ff_shexp, self.n_ff)
+        return self.n_ff
 
     @property
     def n_layers(self) -> int:
@@ -202,11 +213,17 @@ def model_shape(header: GgufHeader) -> ModelShape:
     n_ff_raw = header.arch_int_or_list("feed_forward_length")
     n_ff = max(n_ff_raw) if isinstance(n_ff_raw, tuple) and n_ff_raw else (
         n_ff_raw if isinstance(n_ff_raw, int) else 4 * n_embd)
+    n_expert = header.arch_int("expert_count") or 0
+    n_ff_exp = header.arch_int("expert_feed_forward_length") or (n_ff if n_expert else 0)
+    n_shared = header.arch_int("expert_shared_count") or 0
+    n_ff_shexp = (header.arch_int("expert_shared_feed_forward_length") or n_ff_exp) * n_shared
     return ModelShape(arch=arch, n_block=n_block, n_embd=n_embd, n_vocab=n_vocab,
                       n_ctx_train=header.context_length or 0, n_ff=n_ff, n_head=n_head,
                       n_head_kv=n_head_kv, k_dim=k_dim, v_dim=v_dim, swa=swa, n_swa=n_swa,
                       block_bytes=tuple(block_bytes), input_bytes=input_bytes,
-                      output_bytes=output_bytes, tied_bytes=tied, notes=tuple(notes))
+                      output_bytes=output_bytes, tied_bytes=tied, n_expert=n_expert,
+                      n_expert_used=header.arch_int("expert_used_count") or 0,
+                      n_ff_exp=n_ff_exp, n_ff_shexp=n_ff_shexp, notes=tuple(notes))
 
 
 # -- settings and KV layout -----------------------------------------------------------------------
@@ -299,27 +316,39 @@ def kv_layer_bytes(shape: ModelShape, settings: FitSettings, layout: KvLayout) -
 
 
 def compute_buffer_bytes(shape: ModelShape, settings: FitSettings, layout: KvLayout) -> int:
-    """llama.cpp's worst-case compute buffer: one micro-batch through the graph.
+    """llama.cpp's worst-case compute buffer: one micro-batch of ``n_ubatch`` tokens.
 
-    ggml's allocator reuses memory, so the buffer is the peak of what is alive at once:
-    either the output head (logits f32 for every token of the micro-batch, next to the
-    normalised hidden state) or one layer's activations (the FFN's gate/up intermediates,
-    and without flash attention the full attention-score matrix over the cache).
+    ggml's allocator reuses memory, so the buffer is what is alive at the peak:
+    - the attention masks, graph inputs alive throughout: one per cache (dense, sliding), each
+      ``cells per stream x n_ubatch``, f16 with flash attention, f32 without;
+    - plus the larger of one layer's activations, per token: the FFN's gate, up and product
+      (for MoE: those of the experts used, and the router's scores) or the attention's
+      query-sized tensors (without flash attention, the full score matrix over the cache),
+      or the output head's logits (llama-server asks for one output per slot, so
+      ``n_vocab x slots``), whichever is larger, next to ~5 hidden-state rows per token.
+    Measured on llama-server's CPU backend, this matches its log to within 1% for dense
+    models (tests/integration/test_fit_accuracy.py).
     """
     n_tok = layout.n_ubatch
     f32 = 4
-    hidden = shape.n_embd * n_tok * f32
-    logits = shape.n_vocab * n_tok * f32
-    head = logits + 2 * hidden
-    ffn = 3 * shape.n_ff * n_tok * f32 + 2 * hidden
-    n_head = max(shape.n_head)
-    n_kv_max = max(layout.size_swa if s else layout.size_full for s in shape.swa)
-    if settings.flash_attn:
-        attn = n_head * max(shape.k_dim) // max(max(shape.n_head_kv), 1) * n_tok * f32 * 3 \
-            + 2 * hidden
-    else:
-        attn = 2 * n_head * n_kv_max * n_tok * f32 + 2 * hidden
-    return max(head, ffn, attn)
+    has_dense = not all(shape.swa)
+    has_swa = any(shape.swa)
+    mask_elem = 2 if settings.flash_attn else 4
+    masks = n_tok * mask_elem * ((layout.size_full if has_dense else 0)
+                                 + (layout.size_swa if has_swa else 0))
+    q_dim = max(h * (k // max(kv, 1)) for h, k, kv in
+                zip(shape.n_head, shape.k_dim, shape.n_head_kv, strict=True))
+    ffn_width = 3 * shape.n_ff_active + shape.n_expert
+    attn_width = 2 * q_dim + 2 * max(shape.k_dim)
+    n_out = min(n_tok, settings.n_seq)
+    peak = max(max(ffn_width, attn_width) * n_tok * f32, shape.n_vocab * n_out * f32)
+    total = masks + 5 * shape.n_embd * n_tok * f32 + peak
+    if not settings.flash_attn:
+        # the score matrix of the widest cache, its softmax input, and the query-sized tensors
+        n_kv = max(layout.size_swa if s else layout.size_full for s in shape.swa)
+        attn = (max(shape.n_head) * n_kv + 11 * q_dim // 2 + shape.n_embd) * n_tok * f32
+        total = max(total, masks + attn)
+    return total
 
 
 # -- buffers and the answer ------------------------------------------------------------------------
