@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from hlctl.models import fit
@@ -94,6 +95,11 @@ def test_estimate_within_10_percent_of_llama_server(case: Case, model_paths: dic
     if case.parallel is not None:
         args += ["-np", str(case.parallel)]
     with start_llama_server(path, args, log_path=tmp_path / "server.log") as server:
+        # the model really runs: a few tokens come back (nonsense for the synthetic ones)
+        reply = httpx.post(f"{server.url}/completion", timeout=60,
+                           json={"prompt": "The capital of France is", "n_predict": 4})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["tokens_predicted"] >= 1
         log = server.log_text()
     measured = parse_buffers(log)
     assert all(measured.values()), f"llama-server logged no buffer sizes:\n{log[-3000:]}"

@@ -303,3 +303,36 @@ def test_cli_hub_repo_reads_only_the_header(tmp_path: Path) -> None:
         code, _, err = _run(["google/gemma-3-270m-GGUF", "--quant", "Q5_K_M", "--vram", "8"],
                             env=env)
         assert code == 2 and "Q5_K_M" in err
+
+
+def test_cli_gpu_auto_reads_gpu0_through_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML is simulated at the pynvml boundary (tests/fixtures/nvml_sim.py): a 24 GiB 3090."""
+    from hlctl.gpu import nvml
+    from tests.fixtures.nvml_sim import NvmlSim
+
+    monkeypatch.setattr(nvml, "load_pynvml", lambda: NvmlSim("healthy_3090"))
+    code, out, err = _run([str(gemma_model_path()), "--gpu", "auto", "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["vram_bytes"] == 25769803776
+    assert data["ram_bytes"] is not None  # this host's RAM, for a partial offload
+    monkeypatch.setattr(nvml, "load_pynvml", lambda: NvmlSim("driver_not_loaded"))
+    code, _, err = _run([str(gemma_model_path()), "--gpu", "auto"])
+    assert code == 2 and "--vram" in err and err.count("\n") == 1
+
+
+def test_cli_hub_split_model(tmp_path: Path) -> None:
+    parts = sg.write_split_model(tmp_path, sg.SPECS["llama"], parts=3)
+    whole = fit.model_shape(read_file_header(sg.write_model(tmp_path / "w.gguf",
+                                                            sg.SPECS["llama"])))
+    with HubServer() as hub:
+        repo = hub.repo("lab/split-GGUF")
+        for part in parts:
+            repo.add(f"Q8_0/{part.name.replace('synthetic-llama', 'llama-Q8_0')}", source=part)
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": ""}
+        code, out, err = _run(["lab/split-GGUF", "--vram", "1", "--ctx", "2048", "--parallel",
+                               "1", "--json"], env=env)
+        assert code == 0, err
+        data = json.loads(out)
+        assert data["model_bytes"] == whole.weights_bytes  # all three headers were read
+        assert len(hub.resolve_requests()) >= 3
