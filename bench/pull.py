@@ -1,7 +1,10 @@
 """Time `hlctl models pull` against its peers, in one run, on a 1 GiB file from the local hub.
 
 Peers: ``curl -o`` (the raw transfer limit, no verification) and ``hf download`` followed by
-``sha256sum`` (what a user does by hand to verify). hlctl downloads, hashes, fsyncs and renames.
+``sha256sum`` (what a user does by hand to verify). hlctl downloads, hashes, fsyncs and renames;
+``curl -o`` + ``sync FILE`` is printed as a yardstick for the cost of that fsync.
+The CPU column is user + system time of the tool's processes: on a loaded machine wall time
+follows it, on an idle one hlctl's hashing runs on another core beside the transfer.
 Runs are interleaved (curl, hf, hlctl, curl, ...) so that load from other processes spreads
 over all three; each run writes to a fresh directory on the same filesystem, which is synced
 and emptied between runs. Prints the medians and the ratios against the goals:
@@ -81,6 +84,11 @@ def main() -> int:
                 subprocess.run(["curl", "-sS", "--fail", "-o", str(out / NAME), url],
                                check=True, env=env)
 
+            def curl_then_sync(out: Path) -> None:
+                # Not a goal, a yardstick: curl's bytes made durable, as hlctl's fsync does.
+                curl(out)
+                subprocess.run(["sync", str(out / NAME)], check=True)
+
             def hf_then_sha256sum(out: Path) -> None:
                 subprocess.run([str(BIN / "hf"), "download", REPO, NAME, "--local-dir", str(out)],
                                check=True, env=env, stdout=subprocess.DEVNULL,
@@ -97,8 +105,8 @@ def main() -> int:
                 assert (out / REPO / NAME).stat().st_size == size
 
             tools: dict[str, Callable[[Path], None]] = {
-                "curl -o": curl, "hf download + sha256sum": hf_then_sha256sum,
-                "hlctl models pull": hlctl}
+                "curl -o": curl, "curl -o + sync FILE": curl_then_sync,
+                "hf download + sha256sum": hf_then_sha256sum, "hlctl models pull": hlctl}
             times: dict[str, list[float]] = {name: [] for name in tools}
             cpus: dict[str, list[float]] = {name: [] for name in tools}
             for round_no in range(args.runs):
