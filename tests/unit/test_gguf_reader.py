@@ -152,10 +152,11 @@ class _RangeServer:
     """Serves one file; honours Range unless ``ignore_range``; checks a bearer token if set."""
 
     def __init__(self, data: bytes, *, token: str | None = None,
-                 ignore_range: bool = False) -> None:
+                 ignore_range: bool = False, lie_about_range: bool = False) -> None:
         self.data = data
         self.token = token
         self.ignore_range = ignore_range
+        self.lie = lie_about_range  # always serve from byte 0, and say so
         self.auth_seen: list[str | None] = []
         self.bytes_sent = 0
         outer = self
@@ -180,6 +181,8 @@ class _RangeServer:
                 if rng and not outer.ignore_range:
                     first, last = rng.removeprefix("bytes=").split("-")
                     start, end = int(first), min(int(last) + 1, len(outer.data))
+                    if outer.lie:
+                        start, end = 0, end - start
                     if start >= len(outer.data):
                         self.send_response(416)
                         self.send_header("Content-Length", "0")
@@ -187,6 +190,9 @@ class _RangeServer:
                         return
                     status = 206
                 self.send_response(status)
+                if status == 206:
+                    self.send_header("Content-Range",
+                                     f"bytes {start}-{end - 1}/{len(outer.data)}")
                 self.send_header("Content-Length", str(end - start))
                 self.end_headers()
                 try:
@@ -244,6 +250,13 @@ def test_range_source_refuses_a_server_without_ranges(gemma_bytes: bytes) -> Non
         with pytest.raises(hg.GgufSourceError, match="ignores HTTP Range"):
             hg.read_header(source)
         assert source.bytes_fetched < 8 << 20  # it stopped reading, never the whole file
+
+
+def test_range_source_refuses_a_wrong_content_range(gemma_bytes: bytes) -> None:
+    with _RangeServer(gemma_bytes, lie_about_range=True) as server, \
+            hg.RangeSource(server.url) as source, \
+            pytest.raises(hg.GgufSourceError, match="answered range"):
+        hg.read_header(source)
 
 
 def test_range_source_truncated_remote_file(models: dict[str, Path]) -> None:

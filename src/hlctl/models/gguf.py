@@ -541,6 +541,11 @@ class RangeSource:
                 if status == 200 and offset > 0:
                     raise GgufSourceError(f"{self.url} ignores HTTP Range requests; cannot read "
                                           "the header without downloading the whole file")
+                content_range = response.headers.get("Content-Range", "")
+                if status == 206 and content_range and not content_range.startswith(
+                        f"bytes {offset}-"):
+                    raise GgufSourceError(f"{self.url} answered range {offset}- with "
+                                          f"{content_range[:80]!r}")
                 return self._read_body(response, size)
         except httpx.HTTPError as exc:
             raise GgufSourceError(f"cannot read {self.url}: {type(exc).__name__}: {exc}") from None
