@@ -336,3 +336,22 @@ def test_cli_hub_split_model(tmp_path: Path) -> None:
         data = json.loads(out)
         assert data["model_bytes"] == whole.weights_bytes  # all three headers were read
         assert len(hub.resolve_requests()) >= 3
+
+
+def test_cli_partial_offload_names_the_ngl(tmp_path: Path) -> None:
+    path = sg.write_model(tmp_path / "qwen2.gguf", sg.SPECS["qwen2"])
+    shape = fit.model_shape(read_file_header(path))
+    full = fit.estimate_fit(shape, 4096, 64 * GiB, parallel=1).full_vram_bytes
+    vram = f"{(full - 3 * MiB) / GiB:.6f}"
+    code, out, _ = _run([str(path), "--vram", vram, "--ctx", "4096", "--parallel", "1",
+                         "--ram", "1", "--json"])
+    data = json.loads(out)
+    assert code == 0
+    assert data["fits"] == "partial" and 0 < data["gpu_layers"] < data["n_layers"]
+    assert data["ram_ok"] is True and data["total_vram_bytes"] <= data["vram_bytes"]
+    code, out, _ = _run([str(path), "--vram", vram, "--ctx", "4096", "--parallel", "1"])
+    assert code == 0
+    assert f"-ngl {data['gpu_layers']} of {data['n_layers']} layers" in " ".join(out.split())
+    code, out, _ = _run([str(path), "--vram", vram, "--ctx", "4096", "--parallel", "1",
+                         "--ram", "0.001", "--json"])
+    assert code == 1 and json.loads(out)["fits"] == "no" and json.loads(out)["ram_ok"] is False
