@@ -7,6 +7,7 @@ streaming (50 chunks) and not. The stub answers at once, so what is measured is 
     .venv/bin/python bench/router.py                 # everything (LiteLLM venv made if missing)
     .venv/bin/python bench/router.py --no-litellm    # hlctl and direct only
     .venv/bin/python bench/router.py --json out.json --seconds 5
+    .venv/bin/python bench/router.py --frameworks    # + bare aiohttp.web / Starlette proxies
 
 LiteLLM lives in its own venv (``~/.cache/hlctl-bench/litellm-venv``, ``litellm[proxy]``
 from PyPI) so it never enters hlctl's environment.
@@ -81,14 +82,94 @@ def serve_hlctl(port: int, upstream: str, state_dir: str) -> None:
     asyncio.run(serve_forever(router, "127.0.0.1", port))
 
 
+def serve_minimal(framework: str, port: int, upstream: str) -> None:
+    """A bare pass-through (no auth, policy or ledger) on aiohttp.web or Starlette/uvicorn.
+
+    Both use the same aiohttp client, so the pair shows what the server framework costs:
+    the figure that chose aiohttp.web for hlctl's router.
+    """
+    import uvloop
+
+    url = upstream + "/v1/chat/completions"
+    headers = {"Content-Type": "application/json"}
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    def session() -> aiohttp.ClientSession:
+        if "s" not in state:
+            state["s"] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=4))
+        return state["s"]
+
+    if framework == "aiohttp":
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            async with session().post(url, data=body, headers=headers) as upstream_resp:
+                if b'"stream": true' not in body:
+                    return web.Response(body=await upstream_resp.read(),
+                                        status=upstream_resp.status,
+                                        content_type="application/json")
+                out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                await out.prepare(request)
+                async for data in upstream_resp.content.iter_any():
+                    await out.write(data)
+                await out.write_eof()
+                return out
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handle)
+        app.router.add_get("/health", lambda _r: _ok_aiohttp())
+        uvloop.install()
+        web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+        return
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    async def handle_starlette(request: Request) -> Response:
+        body = await request.body()
+        if b'"stream": true' not in body:
+            async with session().post(url, data=body, headers=headers) as upstream_resp:
+                return Response(await upstream_resp.read(), status_code=upstream_resp.status,
+                                media_type="application/json")
+        upstream_resp = await session().post(url, data=body, headers=headers)
+
+        async def relay() -> Any:
+            try:
+                async for data in upstream_resp.content.iter_any():
+                    yield data
+            finally:
+                upstream_resp.release()
+
+        return StreamingResponse(relay(), media_type="text/event-stream")
+
+    async def health(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", handle_starlette, methods=["POST"]),
+                            Route("/health", health)])
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning")
+
+
+async def _ok_aiohttp() -> Any:
+    from aiohttp import web
+
+    return web.json_response({"status": "ok"})
+
+
 def ensure_litellm() -> Path:
     exe = LITELLM_VENV / "bin" / "litellm"
     if exe.exists():
         return exe
     print(f"creating {LITELLM_VENV} with litellm[proxy] (once) ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-    subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
-                   check=True)
+    # httptools: uvicorn's fast parser, so the Starlette comparison is fair.
+    subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]",
+                    "httptools"], check=True)
     return exe
 
 
@@ -100,7 +181,8 @@ def litellm_version() -> str:
 
 
 class Servers:
-    def __init__(self, with_litellm: bool) -> None:
+    def __init__(self, with_litellm: bool, frameworks: bool = False) -> None:
+        self.frameworks = frameworks
         self.procs: list[subprocess.Popen[bytes]] = []
         self.tmp = tempfile.TemporaryDirectory(prefix="hlctl-bench-")
         self.with_litellm = with_litellm
@@ -124,6 +206,15 @@ class Servers:
         auth = {"Authorization": f"Bearer {BENCH_KEY}"}
         wait_http(f"http://127.0.0.1:{hl}/health", 30)
         self.targets["hlctl"] = (f"http://127.0.0.1:{hl}/v1/chat/completions", auth)
+        if self.frameworks:
+            peer_python = ensure_litellm().parent / "python"  # has starlette and uvicorn
+            for name, python in (("aiohttp", sys.executable), ("starlette", str(peer_python))):
+                port = free_port()
+                self._spawn([python, __file__, "_serve_minimal", name, str(port),
+                             f"http://127.0.0.1:{stub}"], log=f"min-{name}")
+                wait_http(f"http://127.0.0.1:{port}/health", 60)
+                self.targets[f"bare-{name}"] = (
+                    f"http://127.0.0.1:{port}/v1/chat/completions", {})
         if self.with_litellm:
             exe = ensure_litellm()
             lp = free_port()
@@ -253,7 +344,7 @@ def report(results: list[Result]) -> dict[str, Any]:
     print(f"\n{'':22}{'req/s @64':>11}{'added p50':>11}{'added p99':>11}{'vs litellm':>12}")
     for stream in (False, True):
         direct = by[("direct", stream)]
-        for name in ("direct", "hlctl", "litellm"):
+        for name in ("direct", "bare-aiohttp", "bare-starlette", "hlctl", "litellm"):
             r = by.get((name, stream))
             if r is None:
                 continue
@@ -275,13 +366,18 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_serve_hlctl":
         serve_hlctl(int(sys.argv[2]), sys.argv[3], sys.argv[4])
         return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "_serve_minimal":
+        serve_minimal(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4, help="measure each load this long")
     parser.add_argument("--count", type=int, default=300, help="1-client requests per target")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM peer")
+    parser.add_argument("--frameworks", action="store_true",
+                        help="also bare pass-throughs on aiohttp.web and Starlette/uvicorn")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    servers = Servers(with_litellm=not args.no_litellm)
+    servers = Servers(with_litellm=not args.no_litellm, frameworks=args.frameworks)
     try:
         servers.start()
         print(f"cores: {os.cpu_count()}; litellm "

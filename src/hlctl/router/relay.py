@@ -19,6 +19,8 @@ from aiohttp import web
 
 from hlctl.router.upstreams import Backend
 
+# Byte strings that make an SSE batch worth parsing event by event.
+_MARKS = (b'"usage"', b'"timings"', b'"error"', b"[DONE]", b"error:")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -177,7 +179,8 @@ class StreamRelay:
                         raise UpstreamFailure("in-band-error")
                     if "choices" in obj:
                         self.outcome.model = str(obj.get("model") or "")
-                        return payload, events[i + 1:]
+                        rest = events[i + 1:]
+                        return payload, rest
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailure("cut-before-first-chunk", type(exc).__name__) from None
         raise UpstreamFailure("empty-stream")
@@ -206,8 +209,24 @@ class StreamRelay:
         del obj["usage"]
         return json.dumps(obj).encode()
 
-    def _frames(self, events: list[bytes], out: list[bytes]) -> bool:
-        """Append the client's frames for ``events`` to ``out``; True once the stream ended."""
+    def _frames(self, events: list[bytes], out: list[bytes], raw: bytes | None = None) -> bool:
+        """Append the client's frames for ``events`` to ``out``; True once the stream ended.
+
+        ``raw`` is the upstream's bytes for these events: when they hold nothing to look at
+        (no usage, timings, error or end), they go to the client untouched, in one piece.
+        """
+        if raw is not None:
+            first = min((i for i in (raw.find(m) for m in _MARKS) if i >= 0), default=-1)
+            if first < 0:
+                self.outcome.chunks += raw.count(b"data:")
+                out.append(raw)
+                return False
+            # Events before the first one worth a look go through untouched, in one piece.
+            cut = raw.rfind(b"\n\n", 0, first) + 2
+            if cut > 2:
+                self.outcome.chunks += raw.count(b"data:", 0, cut)
+                out.append(raw[:cut])
+                events = raw[cut:-2].split(b"\n\n")
         for event in events:
             kind, payload = parse_event(event)
             if kind == "data":
@@ -238,7 +257,7 @@ class StreamRelay:
         chunk = self._filter(first)
         if chunk is not None:
             frames.append(b"data: " + chunk + b"\n\n")
-        ended = self._frames(rest, frames)
+        ended = self._frames(rest, frames, b"\n\n".join(rest) + b"\n\n" if rest else None)
         try:
             while True:
                 if frames:
@@ -254,7 +273,7 @@ class StreamRelay:
                 if events is None:
                     out.cut = "stream-cut"
                     break
-                ended = self._frames(events, frames)
+                ended = self._frames(events, frames, reader.raw)
         except TimeoutError:
             out.cut = "idle-timeout"
         except (aiohttp.ClientError, OSError) as exc:
@@ -293,9 +312,13 @@ class SseReader:
     def __init__(self, content: aiohttp.StreamReader) -> None:
         self.content = content
         self.buf = b""
+        self.raw = b""
 
     async def batch(self) -> list[bytes] | None:
-        """The next whole events; None at the end of the body (a partial event is dropped)."""
+        """The next whole events; None at the end of the body (a partial event is dropped).
+
+        ``self.raw`` holds the same events as the bytes that came, separators included.
+        """
         while True:
             data = await self.content.readany()
             if not data:
@@ -303,11 +326,12 @@ class SseReader:
             buf = self.buf + data
             if b"\r" in buf:
                 buf = buf.replace(b"\r\n", b"\n")
-            if b"\n\n" not in buf:
+            end = buf.rfind(b"\n\n")
+            if end < 0:
                 self.buf = buf
                 continue
-            *events, self.buf = buf.split(b"\n\n")
-            return events
+            self.raw, self.buf = buf[:end + 2], buf[end + 2:]
+            return self.raw[:-2].split(b"\n\n")
 
 
 class PassThrough(Exception):
