@@ -118,6 +118,10 @@ class _ProgressDisplay:
         progress = self._progress
         return lambda done, total_: progress.update(task_id, completed=done, total=total_)
 
+    @property
+    def enabled(self) -> bool:
+        return self._progress is not None
+
     def note(self, message: str) -> None:
         if self._progress is not None:
             self._progress.console.print(message)
@@ -251,8 +255,10 @@ def _reporter(display: _ProgressDisplay) -> Any:
 
     def waiting(dest: Path) -> None:
         message = f"another pull of {dest.name} is running; waiting for it"
-        display.note(message)
-        click.echo(message, err=True)
+        if display.enabled:
+            display.note(message)
+        else:
+            click.echo(message, err=True)
 
     return Reporter(task=display.task, waiting=waiting, running=display.running)
 
