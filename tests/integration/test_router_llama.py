@@ -124,3 +124,11 @@ def test_client_disconnect_frees_the_llama_slot(hl: RunningRouter,
         time.sleep(0.1)
     assert slots_busy(local.url) == 0, "the slot kept generating for a client that left"
     assert hl.ledger_rows(wait_for=1)[0]["status"] == 499
+
+
+def test_legacy_completions_local(hl: RunningRouter) -> None:
+    raw = client(hl).completions.with_raw_response.create(model="local", prompt="Hello,",
+                                                           max_tokens=6)
+    assert raw.headers["x-hl-routed-to"] == "local"
+    assert raw.parse().choices[0].text
+    assert hl.ledger_rows(wait_for=1)[0]["completion_tokens"] > 0
