@@ -279,9 +279,12 @@ def test_too_little_disk_space_is_refused_up_front(lab: Lab) -> None:
 
 def test_concurrent_pulls_of_one_file(lab: Lab) -> None:
     data = _blob(8 * MiB)
-    lab.hub.repo("o/m").add("m-Q4_K_M.gguf", data=data, faults=Faults(rate=8 * MiB))
+    lab.hub.repo("o/m").add("m-Q4_K_M.gguf", data=data, faults=Faults(rate=2 * MiB))
     first = lab.popen("pull", "o/m", "--json")
-    time.sleep(0.5)
+    partial = lab.models / "o/m/.m-Q4_K_M.gguf.partial"
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first pull holds the file's lock while its partial grows
     second = lab.popen("pull", "o/m", "--json")
     outs = [p.communicate(timeout=120) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outs
