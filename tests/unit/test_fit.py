@@ -355,3 +355,24 @@ def test_cli_partial_offload_names_the_ngl(tmp_path: Path) -> None:
     code, out, _ = _run([str(path), "--vram", vram, "--ctx", "4096", "--parallel", "1",
                          "--ram", "0.001", "--json"])
     assert code == 1 and json.loads(out)["fits"] == "no" and json.loads(out)["ram_ok"] is False
+
+
+def test_cli_gated_repo_needs_hf_token() -> None:
+    with HubServer() as hub:
+        repo = hub.repo("google/gated-GGUF", gated=True, tokens=frozenset({"hf_good"}))
+        repo.add("model-Q4_K_M.gguf", source=gemma_model_path())
+        args = ["google/gated-GGUF", "--vram", "8", "--json"]
+        code, _, err = _run(args, env={"HF_ENDPOINT": hub.url, "HF_TOKEN": ""})
+        assert code == 1 and "gated" in err and "HF_TOKEN" in err
+        assert err.count("\n") == 1
+        code, out, err = _run(args, env={"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_good"})
+        assert code == 0, err
+        assert json.loads(out)["fits"] == "full"
+        assert all(r.authorization for r in hub.resolve_requests()[-1:])
+
+
+def test_encoder_only_models_have_no_kv() -> None:
+    header = fake_header(arch="bert", n_block=4, n_embd=256, n_head=4, n_head_kv=4, n_ff=512,
+                         n_vocab=1000)
+    est = fit.estimate_fit(header, 512, 8 * GiB)
+    assert est.kv_cache_total_bytes == 0

@@ -59,6 +59,11 @@ SWA_ARCHS: dict[str, tuple[int, bool, int | None]] = {
 RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2",
                              "jamba", "falcon-h1", "nemotron_h", "granitehybrid", "lfm2",
                              "lfm2moe", "qwen3next", "plamo2"})
+# Encoder-only models: llama.cpp gives them no KV cache at all (create_memory returns none).
+NO_KV_ARCHS = frozenset({"bert", "jina-bert-v2", "jina-bert-v3", "nomic-bert",
+                         "nomic-bert-moe", "neo-bert", "eurobert", "modern-bert",
+                         "gemma-embedding", "wavtokenizer-dec", "dream", "llada", "llada-moe",
+                         "rnd1"})
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 _INPUT_TENSORS = ("token_embd.", "token_embd_norm.", "token_types.", "position_embd.")
 
@@ -184,6 +189,8 @@ def model_shape(header: GgufHeader) -> ModelShape:
         hv_swa = header.value_length_swa or hv_full
         k_dim = tuple((hk_swa if swa[il] else hk_full) * n_head_kv[il] for il in range(n_block))
         v_dim = tuple((hv_swa if swa[il] else hv_full) * n_head_kv[il] for il in range(n_block))
+    if arch in NO_KV_ARCHS:
+        k_dim = v_dim = (0,) * n_block
     if arch in RECURRENT_ARCHS:
         notes.append(f"{arch} keeps recurrent state that this estimate does not include")
 
