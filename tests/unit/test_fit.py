@@ -149,6 +149,7 @@ def test_mistral_7b_fits_a_24_gb_card() -> None:
     assert est.gpu_layers == est.n_layers == 33
     assert 3.5 * GiB < est.weights_bytes < 4.5 * GiB
     assert est.kv_cache_bytes == GiB
+    assert not est.notes
     assert est.total_vram_bytes == (est.weights_bytes + est.kv_cache_bytes + est.compute_bytes
                                     + est.overhead_bytes)
 
@@ -160,6 +161,7 @@ def test_70b_q4_needs_offload_on_24_gb() -> None:
     assert 30 < est.gpu_layers < 50
     assert est.total_vram_bytes <= 24 * GiB
     assert est.ram_ok is True
+    assert any("--fit" in note for note in est.notes)  # llama-server's own 1 GiB headroom
     one_more = fit.estimate_buffers(fit.model_shape(LLAMA_70B),
                                     fit.FitSettings(ctx=8192, parallel=1), est.gpu_layers + 1)
     assert one_more[0].total > 24 * GiB  # the largest -ngl that fits, not a smaller one

@@ -35,6 +35,8 @@ KV_PAD = 256
 # CUDA context, cuBLAS workspace and the driver's own reservations on the card: not
 # measurable without a GPU; 400-600 MiB on consumer cards under CUDA 12 is typical.
 CUDA_OVERHEAD_BYTES = 512 * MiB
+# llama-server's --fit (on by default) keeps this much of each GPU free (-fitt, in MiB there).
+LLAMA_FIT_TARGET_BYTES = 1024 * MiB
 # (block size, bytes per block) of the KV cache types llama.cpp accepts (-ctk / -ctv).
 KV_TYPES: dict[str, tuple[int, int]] = {
     "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18),
@@ -475,6 +477,10 @@ def estimate_fit(header: GgufHeader | ModelShape, ctx: int, vram_bytes: int, *,
                 chosen, gpu, cpu = n, g, c
                 break
     ram_ok = None if ram_bytes is None else cpu.total <= ram_bytes
+    if chosen > 0 and vram_bytes - gpu.total < LLAMA_FIT_TARGET_BYTES:
+        notes.append(f"less than {LLAMA_FIT_TARGET_BYTES // MiB} MiB stays free: llama-server's "
+                     "--fit (on by default) may offload fewer layers or shrink the context; "
+                     "run it with -ngl and -c set, or -fit off")
     if chosen == shape.n_layers:
         fits: FitAnswer = "full"
     elif chosen > 0 and ram_ok is not False:
