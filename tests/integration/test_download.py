@@ -119,3 +119,26 @@ def test_hub_metadata_503_is_retried(hub: HubServer) -> None:
     repo.api_unavailable_times = 10
     with pytest.raises(HubError, match="the hub answered HTTP 503"):
         fetch_listing("o/m", "main", endpoint=hub.url, token=None)
+
+
+def test_many_small_network_reads(hub: HubServer, tmp_path: Path) -> None:
+    """A slow link hands over small reads; a block of thousands of them still writes whole."""
+    from hlctl.models import download as module
+
+    data = os.urandom(2 * MiB + 3)
+    hub.repo("o/m").add("m.gguf", data=data)
+    spec = _spec(hub, "o/m", "m.gguf", tmp_path / "m.gguf")
+    original = module._Blocks.add
+
+    def tiny(self: module._Blocks, chunk: bytes) -> list[bytes] | None:
+        block = None
+        for at in range(0, len(chunk), 512):  # as if the socket gave 512 bytes per read
+            block = original(self, chunk[at:at + 512]) or block
+        return block
+
+    module._Blocks.add = tiny  # type: ignore[method-assign]
+    try:
+        download(spec, retry=NO_WAIT)
+    finally:
+        module._Blocks.add = original  # type: ignore[method-assign]
+    assert spec.dest.read_bytes() == data

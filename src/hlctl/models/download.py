@@ -39,6 +39,7 @@ from hlctl.models.localfile import (
 
 CHUNK = 8 << 20  # one write and one hash update per 8 MiB
 SYNC_EVERY = 64 << 20  # write back to disk every 64 MiB while downloading
+_IOV_MAX = 512
 
 
 class DownloadError(HlctlError):
@@ -293,8 +294,6 @@ def _check_response(spec: DownloadSpec, response: httpx.Response, have: int) -> 
         from hlctl.models.hub import GATED_MESSAGE
 
         raise DownloadError(f"{spec.dest.name}: {GATED_MESSAGE}")
-    if status == 416 and have == spec.size:
-        return
     raise DownloadError(f"{spec.dest.name}: the hub answered HTTP {status} for {spec.url}")
 
 
@@ -365,12 +364,16 @@ class _Writer:
         self.written += size
 
     def _write(self, block: list[bytes]) -> None:
-        done = os.writev(self._fd, block)
-        total = sum(len(piece) for piece in block)
-        if done < total:  # a short write: finish piece by piece
-            rest = memoryview(b"".join(block))[done:]
-            while rest:
-                rest = rest[os.write(self._fd, rest):]
+        total = 0
+        for start in range(0, len(block), _IOV_MAX):  # writev takes at most IOV_MAX pieces
+            pieces = block[start:start + _IOV_MAX]
+            size = sum(len(piece) for piece in pieces)
+            done = os.writev(self._fd, pieces)
+            if done < size:  # a short write: finish the rest in one piece
+                rest = memoryview(b"".join(pieces))[done:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest):]
+            total += size
         self._state.have += total
         self._unsynced += total
         if self._unsynced >= SYNC_EVERY:
