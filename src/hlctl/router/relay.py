@@ -162,7 +162,8 @@ class StreamRelay:
         Returns its payload and the events that arrived with it, still to be sent.
         """
         try:
-            while (events := await reader.batch()) is not None:
+            while (raw := await reader.batch()) is not None:
+                events = split_events(raw)
                 for i, event in enumerate(events):
                     kind, payload = parse_event(event)
                     if kind == "error":
@@ -179,8 +180,7 @@ class StreamRelay:
                         raise UpstreamFailure("in-band-error")
                     if "choices" in obj:
                         self.outcome.model = str(obj.get("model") or "")
-                        rest = events[i + 1:]
-                        return payload, rest
+                        return payload, events[i + 1:]
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailure("cut-before-first-chunk", type(exc).__name__) from None
         raise UpstreamFailure("empty-stream")
@@ -209,24 +209,24 @@ class StreamRelay:
         del obj["usage"]
         return json.dumps(obj).encode()
 
-    def _frames(self, events: list[bytes], out: list[bytes], raw: bytes | None = None) -> bool:
-        """Append the client's frames for ``events`` to ``out``; True once the stream ended.
+    def _frames(self, raw: bytes, out: list[bytes]) -> bool:
+        """Append the client's frames for the events in ``raw``; True once the stream ended.
 
-        ``raw`` is the upstream's bytes for these events: when they hold nothing to look at
-        (no usage, timings, error or end), they go to the client untouched, in one piece.
+        Events with nothing to look at (no usage, timings, error or end) go to the client
+        as the upstream's bytes, untouched and in one piece; only the rest are parsed.
         """
-        if raw is not None:
-            first = min((i for i in (raw.find(m) for m in _MARKS) if i >= 0), default=-1)
-            if first < 0:
-                self.outcome.chunks += raw.count(b"data:")
-                out.append(raw)
-                return False
-            # Events before the first one worth a look go through untouched, in one piece.
-            cut = raw.rfind(b"\n\n", 0, first) + 2
-            if cut > 2:
-                self.outcome.chunks += raw.count(b"data:", 0, cut)
-                out.append(raw[:cut])
-                events = raw[cut:-2].split(b"\n\n")
+        if (b'"usage"' not in raw and b'"timings"' not in raw and b'"error"' not in raw
+                and b"[DONE]" not in raw and b"error:" not in raw):
+            self.outcome.chunks += raw.count(b"data:")
+            out.append(raw)
+            return False
+        first = min(i for i in (raw.find(m) for m in _MARKS) if i >= 0)
+        cut = raw.rfind(b"\n\n", 0, first) + 2
+        if cut > 2:
+            self.outcome.chunks += raw.count(b"data:", 0, cut)
+            out.append(raw[:cut])
+            raw = raw[cut:]
+        events = split_events(raw)
         for event in events:
             kind, payload = parse_event(event)
             if kind == "data":
@@ -257,7 +257,7 @@ class StreamRelay:
         chunk = self._filter(first)
         if chunk is not None:
             frames.append(b"data: " + chunk + b"\n\n")
-        ended = self._frames(rest, frames, b"\n\n".join(rest) + b"\n\n" if rest else None)
+        ended = self._frames(b"".join(e + b"\n\n" for e in rest), frames) if rest else False
         try:
             while True:
                 if frames:
@@ -269,11 +269,11 @@ class StreamRelay:
                     frames = []
                 if ended:
                     break
-                events = await reader.batch()
-                if events is None:
+                raw = await reader.batch()
+                if raw is None:
                     out.cut = "stream-cut"
                     break
-                ended = self._frames(events, frames, reader.raw)
+                ended = self._frames(raw, frames)
         except TimeoutError:
             out.cut = "idle-timeout"
         except (aiohttp.ClientError, OSError) as exc:
@@ -286,6 +286,11 @@ class StreamRelay:
             await stream.write_eof()
         except (ConnectionResetError, aiohttp.ClientError, OSError):
             out.client_gone = True
+
+
+def split_events(raw: bytes) -> list[bytes]:
+    """Whole events (each ending in a blank line) into single events without separators."""
+    return raw[:-2].split(b"\n\n") if raw.endswith(b"\n\n") else raw.split(b"\n\n")
 
 
 def parse_event(event: bytes) -> tuple[str, bytes]:
@@ -312,12 +317,11 @@ class SseReader:
     def __init__(self, content: aiohttp.StreamReader) -> None:
         self.content = content
         self.buf = b""
-        self.raw = b""
 
-    async def batch(self) -> list[bytes] | None:
-        """The next whole events; None at the end of the body (a partial event is dropped).
+    async def batch(self) -> bytes | None:
+        """The next whole events as the bytes that came, each ending in a blank line.
 
-        ``self.raw`` holds the same events as the bytes that came, separators included.
+        None at the end of the body (a partial last event is dropped, as SSE says).
         """
         while True:
             data = await self.content.readany()
@@ -330,8 +334,8 @@ class SseReader:
             if end < 0:
                 self.buf = buf
                 continue
-            self.raw, self.buf = buf[:end + 2], buf[end + 2:]
-            return self.raw[:-2].split(b"\n\n")
+            self.buf = buf[end + 2:]
+            return buf[:end + 2]
 
 
 class PassThrough(Exception):
