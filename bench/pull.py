@@ -10,7 +10,7 @@ over all three; each run writes to a fresh directory on the same filesystem, whi
 and emptied between runs. Prints the medians and the ratios against the goals:
 hlctl within 1.15x of curl, and at least 1.3x faster than download-then-hash.
 
-    .venv/bin/python bench/pull.py [--size-mib 1024] [--runs 3]
+    .venv/bin/python bench/pull.py [--size-mib 1024] [--runs 3] [--rate-mb 100]
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate-mb", type=float, default=None,
+                        help="throttle the hub to this many MB/s (a home line) instead of "
+                             "serving as fast as loopback allows")
     args = parser.parse_args()
     size = args.size_mib << 20
     work = Path(tempfile.mkdtemp(prefix="hlctl-bench-pull-"))
@@ -74,6 +77,8 @@ def main() -> int:
         write_file(source, size)
         with HubServer() as hub:
             repo_file = hub.repo(REPO).add(NAME, source=source)
+            if args.rate_mb:
+                repo_file.faults.rate = int(args.rate_mb * 1e6)
             expected = repo_file.sha256  # hashed once here, not inside any timing
             env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HLCTL_"))}
             env.update(HF_ENDPOINT=hub.url, HF_HOME=str(work / "hf-home"),
@@ -123,7 +128,8 @@ def main() -> int:
     curl_s = medians["curl -o"]
     hlctl_s = medians["hlctl models pull"]
     manual_s = medians["hf download + sha256sum"]
-    print(f"\n{args.size_mib} MiB from the local hub, median of {args.runs} runs "
+    limit = f", hub throttled to {args.rate_mb:g} MB/s" if args.rate_mb else ""
+    print(f"\n{args.size_mib} MiB from the local hub{limit}, median of {args.runs} runs "
           f"(load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):")
     for name, median in medians.items():
         rate = size / median / 1e6
