@@ -7,7 +7,6 @@ field is ``{env: NAME}`` or ``{file: PATH}`` (mode 0600), resolved only when use
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,10 @@ from pydantic import (
 )
 
 from hlctl.errors import ConfigError
+from hlctl.provision.settings import ProxmoxSettings, VmSettings
+from hlctl.secret import SecretRef
+
+__all__ = ["ConfigError", "LabConfig", "SecretRef", "load_config"]
 
 CONFIG_FILE_NAME = "hlctl.yaml"
 HOST_CONFIG_PATH = Path("/etc/hlctl/hlctl.yaml")
@@ -33,48 +36,6 @@ _RESERVED_ENV = {"HLCTL_CONFIG", "HLCTL_DEBUG"}
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecretRef(_Strict):
-    """Where a secret lives: an environment variable or a file readable only by its owner."""
-
-    env: str | None = None
-    file: Path | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_inline(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            raise ValueError("secrets are never written inline: use {env: NAME} or {file: PATH}")
-        return value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SecretRef:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of env or file")
-        return self
-
-    def describe(self) -> str:
-        return f"env:{self.env}" if self.env else f"file:{self.file}"
-
-    def reveal(self, environ: Mapping[str, str] | None = None) -> str:
-        """Read the secret now; raise ConfigError saying where it was looked for."""
-        environ = os.environ if environ is None else environ
-        if self.env:
-            value = environ.get(self.env)
-            if not value:
-                raise ConfigError(f"secret env var {self.env} is not set",
-                                  hint=f"export {self.env}=... before running hlctl")
-            return value
-        assert self.file is not None
-        try:
-            info = self.file.stat()
-        except OSError as exc:
-            raise ConfigError(f"secret file {self.file}: {exc.strerror}") from None
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"secret file {self.file} is readable by others",
-                              hint=f"chmod 600 {self.file}")
-        return self.file.read_text().strip()
 
 
 class TemperatureThresholds(_Strict):
@@ -162,6 +123,14 @@ class LabConfig(_Strict):
     health: HealthThresholds = HealthThresholds()
     alerts: Alerts = Alerts()
     router: RouterConfig = RouterConfig()
+    proxmox: ProxmoxSettings | None = None
+    vms: dict[str, VmSettings] = {}
+
+    @model_validator(mode="after")
+    def _vms_need_proxmox(self) -> LabConfig:
+        if self.vms and self.proxmox is None:
+            raise ValueError("vms are configured but the proxmox section is missing")
+        return self
 
     @field_validator("models_dir", "state_dir")
     @classmethod

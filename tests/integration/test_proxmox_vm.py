@@ -456,7 +456,7 @@ def test_only_vm_without_a_proxmox_section_is_a_config_error(
     result = invoke("provision", "--only", "vm")
     assert result.exit_code == 2
     assert result.stderr == (f"error: {config}: no proxmox section (add proxmox: and vms: "
-                             "(see docs/provision-config.example.yaml))\n")
+                             "(see hlctl.example.yaml))\n")
 
 
 @needs_ansible

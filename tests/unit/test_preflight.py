@@ -195,10 +195,21 @@ def test_bad_provision_config_is_one_line_with_the_key_path(patch: dict[str, Any
 
 
 def test_the_example_snippet_validates() -> None:
+    """The commented-out provisioning block of hlctl.example.yaml, uncommented, is valid."""
+    import re
+
     import yaml
 
-    path = Path(__file__).parents[2] / "docs" / "provision-config.example.yaml"
-    config = parse_provision_config(yaml.safe_load(path.read_text()))
+    from hlctl.config import build_config
+    from hlctl.templates import example_config
+
+    text = example_config()
+    block = text[text.index("# --- Provisioning"):]
+    uncommented = "\n".join(line[2:] if re.match(r"^# (\s|[a-z_]+:)", line) else line
+                             for line in block.splitlines())
+    data = yaml.safe_load(uncommented)
+    build_config({**yaml.safe_load(text), **data})  # the whole lab config accepts it
+    config = parse_provision_config(data)
     assert config.proxmox is not None and config.proxmox.api_url == \
         "https://pve.lan:8006/api2/json"
     assert config.vms["gpu01"].gpu_pci == "0000:01:00"

@@ -21,6 +21,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "health": ("hlctl.cli.health:health", "Check GPU health and thermals (Nagios exit codes)."),
     "status": ("hlctl.cli.status:status", "One screen: GPUs, Docker, models, health."),
     "models": ("hlctl.cli.models:models", "GGUF models: fit, pull, list, verify."),
+    "provision": ("hlctl.cli.provision:provision",
+                  "Create the GPU VMs on Proxmox and configure the hosts."),
+    "vm": ("hlctl.cli.vm:vm", "The lab's VMs on Proxmox: list, destroy."),
 }
 
 

@@ -142,7 +142,7 @@ def provision(app: AppContext, hosts: tuple[str, ...], check: bool, diff: bool,
             runs.append(vm_run)
         elif only == "vm":
             raise UsageError("no host has a VM in the lab config (vms:)",
-                             hint="see docs/provision-config.example.yaml")
+                             hint="see hlctl.example.yaml")
     if only in (None, "host"):
         playbook = ansible_dir / "playbooks" / "gpu_host.yml"
         if not playbook.is_file():

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hlctl.config import SecretRef
+from hlctl.secret import SecretRef
 from hlctl.errors import ConfigError
 
 TOKEN_ID = r"^[^@!\s]+@[^@!\s]+![A-Za-z][\w.-]*$"
@@ -195,31 +195,18 @@ def parse_provision_config(data: Mapping[str, Any], source: Path | None = None
                           problems=problems) from None
 
 
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def load_provision_config(explicit: Path | None, environ: Mapping[str, str], *,
                           required: bool = True) -> ProvisionConfig:
-    """Read ``proxmox`` and ``vms`` from the lab config file (and ``HLCTL_*`` env overrides).
+    """The ``proxmox`` and ``vms`` sections of the effective lab config.
 
-    Reads the raw file rather than ``LabConfig`` so that it works whether or not LabConfig
-    carries these sections yet. With ``required``, a missing proxmox section is an error.
+    With ``required``, a missing proxmox section is an error.
     """
-    from hlctl.config import env_overrides, find_config_file, read_config_file
+    from hlctl.config import load_config
 
-    source = find_config_file(explicit, environ)
-    data = read_config_file(source) if source is not None else {}
-    data = _merge(data, env_overrides(environ))
-    config = parse_provision_config(data, source)
+    loaded = load_config(explicit, environ=environ)
+    config = ProvisionConfig(proxmox=loaded.config.proxmox, vms=loaded.config.vms)
     if config.proxmox is None and required:
-        where = source or "hlctl.yaml"
+        where = loaded.source or "hlctl.yaml"
         raise ConfigError(f"{where}: no proxmox section",
-                          hint="add proxmox: and vms: (see docs/provision-config.example.yaml)")
+                          hint="add proxmox: and vms: (see hlctl.example.yaml)")
     return config
