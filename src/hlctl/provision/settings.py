@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hlctl.secret import SecretRef
 from hlctl.errors import ConfigError
+from hlctl.secret import SecretRef
 
 TOKEN_ID = r"^[^@!\s]+@[^@!\s]+![A-Za-z][\w.-]*$"
 PCI_ADDRESS = r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(\.[0-7])?$"
