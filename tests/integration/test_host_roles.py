@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,8 +39,10 @@ from tests.fixtures.debian_root import (
 
 pytestmark = pytest.mark.slow
 
+if os.geteuid() != 0:
+    pytest.skip("needs root (debootstrap, chroot, mount, losetup)", allow_module_level=True)
 _missing = missing_tools("debootstrap", "dpkg-deb", "apt-ftparchive", "gpg")
-if _missing or not Path("/proc/self/ns").exists():
+if _missing:
     pytest.skip(f"needs the apt packages {', '.join(_missing)}", allow_module_level=True)
 
 LAB_CONFIG = {
@@ -150,7 +155,7 @@ def test_gpu_host_playbook_converges_then_changes_nothing(
     assert {"cuda-drivers-530", "nvidia-driver", "nvidia-kernel-dkms", "nvidia-smi",
             "libcuda1"} <= set(held)
     assert "nvidia-container-toolkit" not in held
-    assert f"linux-headers-{__import__('os').uname().release}" in versions
+    assert f"linux-headers-{os.uname().release}" in versions
     assert "blacklist nouveau" in (root.path / "etc/modprobe.d/blacklist-nouveau.conf").read_text()
     assert "The NVIDIA module changed: reboot" in first.output
     assert "CUDA 12.1" in first.output  # nvidia-smi's answer, as the verify step read it
@@ -214,6 +219,35 @@ def _loop_device(tmp_path: Path, size_mb: int = 64) -> str:
                           capture_output=True).stdout.strip()
 
 
+@contextmanager
+def udev_stand_in(root: DebianRoot, device: str) -> Iterator[None]:
+    """Keep /dev/disk/by-uuid/<uuid> -> the device current in the root's /dev, as udev does.
+
+    No udev runs here and loop devices do not show in /proc/partitions, so without the link
+    mount(8) cannot resolve UUID= (on a real host udev makes it when mkfs writes the
+    filesystem).
+    """
+    links = root.path / "dev/disk/by-uuid"
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            uuid = subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", device],
+                                  text=True, capture_output=True).stdout.strip()
+            if uuid and not (links / uuid).is_symlink():
+                for old in links.iterdir():
+                    old.unlink()
+                (links / uuid).symlink_to(f"../../{Path(device).name}")
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 @pytest.fixture
 def loop(tmp_path: Path) -> Iterator[str]:
     if not Path("/dev/loop-control").exists():
@@ -226,28 +260,30 @@ def loop(tmp_path: Path) -> Iterator[str]:
 def test_model_storage_formats_a_blank_disk_and_never_erases_another_filesystem(
         tmp_path: Path, root: DebianRoot, loop: str) -> None:
     """A blank device is formatted and mounted by UUID; a foreign filesystem is refused."""
-    root.mount_for_chroot()
+    root.mount_for_chroot(Path(loop).name)
     inventory = root.chroot_inventory(tmp_path)
     play = _play(tmp_path, ["model_storage"])
     subprocess.run(["mkfs.ext2", "-q", "-L", "precious", loop], check=True)
     disk = {"model_storage_device": loop, "model_storage_partition": False}
     try:
-        refused = run_playbook(play, inventory, disk)
-        assert refused.failed == 1
-        assert f"{loop} holds a ext2 filesystem (wanted ext4)" in " ".join(refused.output.split())
-        probe = subprocess.run(["blkid", "-p", "-o", "value", "-s", "LABEL", loop], text=True,
-                               capture_output=True).stdout.strip()
-        assert probe == "precious"  # untouched
+        with udev_stand_in(root, loop):
+            refused = run_playbook(play, inventory, disk)
+            assert refused.failed == 1
+            message = f"{loop} holds a ext2 filesystem (wanted ext4)"
+            assert message in " ".join(refused.output.split())
+            probe = subprocess.run(["blkid", "-p", "-o", "value", "-s", "LABEL", loop], text=True,
+                                   capture_output=True).stdout.strip()
+            assert probe == "precious"  # untouched
 
-        forced = run_playbook(play, inventory, {**disk, "model_storage_force_format": True})
-        _assert_ok(forced)
-        again = run_playbook(play, inventory, {**disk, "model_storage_force_format": True})
-        _assert_idempotent(again)  # an ext4 of ours is kept, even with force
-        uuid = subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", loop], text=True,
-                              capture_output=True, check=True).stdout.strip()
-        fstab = (root.path / "etc/fstab").read_text()
-        assert f"UUID={uuid} /srv/models ext4 defaults,noatime 0 0" in fstab
-        assert root.run("mountpoint", "-q", "/srv/models", check=False).returncode == 0
+            forced = run_playbook(play, inventory, {**disk, "model_storage_force_format": True})
+            _assert_ok(forced)
+            again = run_playbook(play, inventory, {**disk, "model_storage_force_format": True})
+            _assert_idempotent(again)  # an ext4 of ours is kept, even with force
+            uuid = subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", loop], text=True,
+                                  capture_output=True, check=True).stdout.strip()
+            fstab = (root.path / "etc/fstab").read_text()
+            assert f"UUID={uuid} /srv/models ext4 defaults,noatime 0 0" in fstab
+            assert root.run("mountpoint", "-q", "/srv/models", check=False).returncode == 0
     finally:
         subprocess.run(["umount", "-l", str(root.path / "srv/models")], check=False,
                        capture_output=True)
