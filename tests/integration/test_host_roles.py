@@ -142,8 +142,11 @@ def test_gpu_host_playbook_converges_then_changes_nothing(
     assert first.changed > 10
     second = run_playbook(REPO / "playbooks/gpu_host.yml", inventory, extra)
     _assert_idempotent(second)
+    # A dry run on the converged host: nothing to change, and nothing fails.
+    dry = run_playbook(REPO / "playbooks/gpu_host.yml", inventory, extra, check=True)
+    _assert_idempotent(dry)
     print(f"gpu_host.yml: first run {first.seconds:.0f}s (changed={first.changed}), "
-          f"second run {second.seconds:.0f}s (changed=0)")
+          f"second run {second.seconds:.0f}s (changed=0), --check {dry.seconds:.0f}s")
 
     # The pin beat the newer branch that cuda-drivers-530's ">=" dependency allows.
     versions = dict(line.split() for line in root.run(
