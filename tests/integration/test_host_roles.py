@@ -49,7 +49,10 @@ LAB_CONFIG = {
     "health": {"temperature": {"crit_c": 88, "warn_c": 80}},
     "alerts": {"webhooks": [{"name": "phone", "url": "https://ntfy.example.org/lab",
                              "kind": "ntfy", "token": {"file": "/etc/hlctl/secrets/ntfy"}}]},
-    "proxmox": {"endpoint": "https://pve01:8006"},  # controller-only: left out on hosts
+    # Controller-only sections: left out on hosts.
+    "proxmox": {"endpoint": "https://pve01:8006", "token_id": "hlctl@pve!lab",
+                "token_secret": {"env": "PVE_TOKEN"}},
+    "vms": {"gpu01": {"gpu_pci": "0000:01:00.0"}},
 }
 
 
@@ -176,7 +179,8 @@ def test_gpu_host_playbook_converges_then_changes_nothing(
     # The agent: venv, host config (controller-only sections left out), state dir.
     config = yaml.safe_load((root.path / "etc/hlctl/hlctl.yaml").read_text())
     assert config["models_dir"] == "/srv/models" and config["state_dir"] == "/var/lib/hlctl"
-    assert config["health"]["temperature"]["crit_c"] == 88 and "proxmox" not in config
+    assert config["health"]["temperature"]["crit_c"] == 88
+    assert "proxmox" not in config and "vms" not in config
     assert config["alerts"]["webhooks"][0]["token"] == {"file": "/etc/hlctl/secrets/ntfy"}
     check = root.run("/usr/local/bin/hlctl", "--config", "/etc/hlctl/hlctl.yaml",
                      "config", "check")
