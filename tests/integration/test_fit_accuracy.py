@@ -25,7 +25,12 @@ import pytest
 from hlctl.models import fit
 from hlctl.models.gguf import read_model_header
 from tests.fixtures import synthetic_gguf as sg
-from tests.fixtures.llama_build import gemma_model_path, llama_server_binary, start_llama_server
+from tests.fixtures.llama_build import (
+    gemma_model_path,
+    llama_server_binary,
+    start_llama_server,
+    start_rpc_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -120,4 +125,67 @@ def test_estimate_within_10_percent_of_llama_server(case: Case, model_paths: dic
     for kind, ratio in ratios.items():
         assert abs(ratio - 1) <= TOLERANCE, (
             f"{case.id}: {kind} estimate {estimate[kind] / fit.MiB:.2f} MiB vs llama-server "
+            f"{measured[kind] / fit.MiB:.2f} MiB ({(ratio - 1) * 100:+.1f}%)")
+
+
+# -- -ngl placement, measured on an offload device ---------------------------------------------
+
+_DEVICE_BUFFER = re.compile(
+    r"(?P<dev>\S+)\s+(?P<kind>model|KV|compute) buffer size = +(?P<mib>[0-9.]+) MiB")
+
+OFFLOAD_CASES = [
+    ("gemma-real", 8192, None),  # everything: blocks, output layer, the tied embedding's copy
+    ("gemma-real", 8192, 7),  # the output layer and the last 6 blocks
+    ("llama", 4096, 3),
+    ("qwen2", 2048, None),
+]
+
+
+def parse_device_buffers(log: str) -> dict[str, dict[str, int]]:
+    """Buffers by side ("device": the offload device, "host": CPU), after the real load."""
+    start = log.rfind("print_info: file size")
+    log = log[start:] if start >= 0 else log
+    sides: dict[str, dict[str, float]] = {"device": {}, "host": {}}
+    for match in _DEVICE_BUFFER.finditer(log):
+        side = sides["device" if match["dev"].startswith("RPC") else "host"]
+        side[match["kind"]] = side.get(match["kind"], 0.0) + float(match["mib"])
+    return {name: {k: round(v * fit.MiB) for k, v in side.items()}
+            for name, side in sides.items()}
+
+
+@pytest.mark.parametrize(("model", "ctx", "ngl"), OFFLOAD_CASES,
+                         ids=[f"{m}-c{c}-ngl{n or 'all'}" for m, c, n in OFFLOAD_CASES])
+def test_offloaded_layers_match_llama_server(model: str, ctx: int, ngl: int | None,
+                                             model_paths: dict[str, Path],
+                                             tmp_path: Path) -> None:
+    """-ngl placement against llama-server offloading to ggml's rpc-server, a real offload
+    device backed by the CPU: weights, KV cache and compute buffer on the device side."""
+    path = model_paths[model]
+    shape = fit.model_shape(read_model_header(path))
+    layers = shape.n_layers if ngl is None else ngl
+    with start_rpc_server() as rpc:
+        args = ["-c", str(ctx), "-np", "1", "-t", "2", "--no-warmup", "--no-repack", "-v",
+                "--rpc", rpc.endpoint, "-ngl", str(layers)]
+        with start_llama_server(path, args, log_path=tmp_path / "server.log") as server:
+            log = server.log_text()
+    measured = parse_device_buffers(log)["device"]
+    settings = fit.FitSettings(ctx=ctx, parallel=1)
+    device, _ = fit.estimate_buffers(shape, settings, layers)
+    estimate = {"model": device.weights, "KV": device.kv_cache, "compute": device.compute}
+    key = f"offload-{model}-c{ctx}-ngl{layers}"
+    RESULTS[key] = {**{f"{k}_ratio": round(estimate[k] / measured[k], 4) for k in measured},
+                    **{f"{k}_measured_mib": round(measured[k] / fit.MiB, 2) for k in measured},
+                    **{f"{k}_estimate_mib": round(estimate[k] / fit.MiB, 2) for k in estimate}}
+    out = os.environ.get("HLCTL_FIT_ACCURACY_OUT")
+    if out:
+        Path(out).write_text(json.dumps(RESULTS, indent=2) + "\n")
+    assert set(measured) == {"model", "KV", "compute"}, f"device buffers: {measured}"
+    for kind in measured:
+        ratio = estimate[kind] / measured[kind]
+        # a partial offload leaves the device a smaller graph than the whole-model worst case
+        # the estimate assumes: its compute buffer may be over-, never under-estimated
+        ok = (1 - TOLERANCE <= ratio <= 1.25) if kind == "compute" and ngl is not None \
+            else abs(ratio - 1) <= TOLERANCE
+        assert ok, (
+            f"{key}: device {kind} estimate {estimate[kind] / fit.MiB:.2f} MiB vs llama-server "
             f"{measured[kind] / fit.MiB:.2f} MiB ({(ratio - 1) * 100:+.1f}%)")
