@@ -24,6 +24,7 @@ from pydantic import (
 
 from hlctl.errors import ConfigError
 from hlctl.provision.settings import ProxmoxSettings, VmSettings
+from hlctl.router.config import RouterSettings
 from hlctl.secret import SecretRef
 
 __all__ = ["ConfigError", "LabConfig", "SecretRef", "load_config"]
@@ -104,12 +105,6 @@ class Alerts(_Strict):
         return hooks
 
 
-class RouterConfig(_Strict):
-    """Filled in by the router issue; accepted empty so the key exists from the start."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-
 def _xdg(var: str, fallback: str) -> Path:
     value = os.environ.get(var)
     return Path(value) if value else Path.home() / fallback
@@ -122,7 +117,7 @@ class LabConfig(_Strict):
                             / "hlctl")
     health: HealthThresholds = HealthThresholds()
     alerts: Alerts = Alerts()
-    router: RouterConfig = RouterConfig()
+    router: RouterSettings = RouterSettings()
     proxmox: ProxmoxSettings | None = None
     vms: dict[str, VmSettings] = {}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +10,6 @@ from pydantic import BaseModel, ValidationError
 
 from hlctl.config import describe_errors
 from hlctl.router.config import RouterSettings
-
-EXAMPLE = Path(__file__).parents[2] / "docs" / "router-config.example.yaml"
 
 
 def _problems(data: dict[str, Any]) -> list[str]:
@@ -71,7 +68,9 @@ def test_every_key_is_documented() -> None:
 
 
 def test_example_snippet_validates() -> None:
-    data = yaml.safe_load(EXAMPLE.read_text())
+    from hlctl.templates import example_config
+
+    data = yaml.safe_load(example_config())
     settings = RouterSettings.model_validate(data["router"])
     assert settings.cloud is not None and settings.cloud.api_key is not None
     assert settings.cloud.api_key.env

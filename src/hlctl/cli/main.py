@@ -24,6 +24,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "provision": ("hlctl.cli.provision:provision",
                   "Create the GPU VMs on Proxmox and configure the hosts."),
     "vm": ("hlctl.cli.vm:vm", "The lab's VMs on Proxmox: list, destroy."),
+    "router": ("hlctl.cli.router:router", "Serve the OpenAI-compatible, local-first router."),
+    "usage": ("hlctl.cli.usage:usage", "Router tokens and cost, local against cloud."),
+    "economics": ("hlctl.cli.economics:economics",
+                  "Break-even: your own GPU against a cloud API."),
 }
 
 

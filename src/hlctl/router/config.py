@@ -17,8 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-# Only SecretRef at import time: hlctl.config may import this module for LabConfig.router.
-from hlctl.config import SecretRef
+from hlctl.secret import SecretRef
 
 if TYPE_CHECKING:
     from hlctl.config import LabConfig
@@ -107,7 +106,7 @@ class EconomicsDefaults(_Strict):
 
 
 class RouterSettings(_Strict):
-    """Everything `hlctl router serve` needs; see docs/router-config.example.yaml."""
+    """Everything `hlctl router serve` needs; see hlctl.example.yaml."""
 
     host: str = Field("127.0.0.1", description="listen address (0.0.0.0 for the LAN)")
     port: int = Field(8088, ge=1, le=65535, description="listen port")
@@ -188,4 +187,4 @@ def settings_from_lab(config: LabConfig) -> RouterSettings:
         problems = [f"router.{p}" for p in describe_errors(exc)]
         count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
         raise ConfigError(f"{count}: {problems[0]}" + (" ..." if len(problems) > 1 else ""),
-                          problems=problems, hint="see docs/router-config.example.yaml") from None
+                          problems=problems, hint="see hlctl.example.yaml") from None
