@@ -161,7 +161,9 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith("HLCTL_") or name in _RESERVED_ENV:
             continue
         path = [part.lower() for part in name[len("HLCTL_"):].split("__") if part]
-        if not path:
+        # Only names that start at a config section override it; other HLCTL_* variables
+        # (HLCTL_INVENTORY, HLCTL_ANSIBLE_DIR, test knobs) steer hlctl in other ways.
+        if not path or path[0] not in LabConfig.model_fields:
             continue
         node = tree
         for part in path[:-1]:

@@ -126,3 +126,9 @@ def test_init_writes_refuses_and_forces(tmp_path: Path) -> None:
     assert config.read_text() == "# mine\n"
     assert run(["init", "--dir", str(tmp_path), "--force"]).exit_code == 0
     assert config.read_text() == example_config()
+
+
+def test_other_hlctl_env_vars_are_not_config_keys(tmp_path: Path) -> None:
+    env = {"HLCTL_INVENTORY": "/x/hosts.yml", "HLCTL_ANSIBLE_DIR": "/x", "HLCTL_MODELS_DIR": "/m"}
+    loaded = load_config(None, environ={**env, "XDG_CONFIG_HOME": str(tmp_path)})
+    assert loaded.config.models_dir == Path("/m")

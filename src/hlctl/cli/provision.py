@@ -124,6 +124,7 @@ def provision(app: AppContext, hosts: tuple[str, ...], check: bool, diff: bool,
       hlctl provision --only vm --check what would change on Proxmox
       hlctl provision -v gpu01          with Ansible's own output
     """
+    from hlctl.config import find_config_file, read_config_file
     from hlctl.errors import ExitStatus, HlctlError, UsageError
     from hlctl.inventory import find_inventory, load_inventory
     from hlctl.provision.runner import PlaybookRun, find_ansible_dir, run_playbook
@@ -148,8 +149,13 @@ def provision(app: AppContext, hosts: tuple[str, ...], check: bool, diff: bool,
         if not playbook.is_file():
             raise HlctlError(f"{playbook} is missing: the host roles are not installed here",
                              hint="use --only vm, or update hlctl")
+        # The hosts get the lab config as written (secrets stay {env:}/{file:} references);
+        # the hlctl_agent role drops the controller-only sections and validates the rest.
+        source = find_config_file(app.config_path, app.environ)
+        lab_config = read_config_file(source) if source is not None else {}
         runs.append(PlaybookRun(playbook=playbook, inventory=inventory.path,
                                 limit=tuple(h.name for h in selected), check=check, diff=diff,
+                                extra_vars={"hlctl_lab_config": lab_config},
                                 verbose=app.verbose))
     results: list[RunResult] = []
     for run in runs:
