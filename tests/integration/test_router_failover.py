@@ -46,7 +46,7 @@ class Outcome:
     seconds: float
 
 
-def one(hl: RunningRouter, index: int) -> Outcome:
+def one(hl: RunningRouter, index: int, max_tokens: int = 4) -> Outcome:
     private = index % 4 == 0  # every 4th request comes from the local-only key
     stream = index % 3 == 0
     api = openai.OpenAI(base_url=hl.url, api_key=KIDS_KEY if private else USER_KEY,
@@ -60,8 +60,10 @@ def one(hl: RunningRouter, index: int) -> Outcome:
             chunks = list(raw.parse())
             assert any(c.choices for c in chunks)
         else:
+            # ignore_eos (llama-server) keeps a long request long, whatever the model says.
             raw = api.chat.completions.with_raw_response.create(
-                model="auto", messages=messages, max_tokens=4)
+                model="auto", messages=messages, max_tokens=max_tokens,
+                extra_body={"ignore_eos": True} if max_tokens > 4 else None)
             assert raw.parse().choices
         return Outcome(index, private, stream, True, raw.headers["x-hl-routed-to"], 200,
                        time.monotonic() - started)
@@ -92,7 +94,9 @@ def test_kill_local_then_cloud_then_bring_local_back(tmp_path: Path) -> None:
             # A non-streaming request in flight when local dies falls back: nothing had
             # reached the client yet.
             inflight: list[Outcome] = []
-            thread = threading.Thread(target=lambda: inflight.append(one(hl, 1001)))
+            # 1001 is public and non-streaming; 512 tokens keep it busy well past the kill.
+            thread = threading.Thread(
+                target=lambda: inflight.append(one(hl, 1001, max_tokens=512)))
             thread.start()
             time.sleep(0.3)
             os.kill(local.process.pid, signal.SIGKILL)
