@@ -434,3 +434,22 @@ def test_progress_bar_on_a_tty_and_quiet_in_json(lab: Lab) -> None:
     os.close(controller)
     text = shown.decode(errors="replace")
     assert "m-Q4_K_M.gguf" in text and "/s" in text and "4.2/4.2 MB" in text, text[-2000:]
+
+
+def test_metadata_calls_do_not_import_huggingface_hub(hub: HubServer, tmp_path: Path) -> None:
+    """Listing and paths-info are single HTTP calls: the library's import cost stays out."""
+    data = _blob(4096)
+    hub.repo("o/light").add("light-Q8_0.gguf", data=data)
+    code = (
+        "import sys\n"
+        "from hlctl.models.hub import fetch_listing, paths_info, default_token\n"
+        f"listing = fetch_listing('o/light', endpoint={hub.url!r}, token=default_token())\n"
+        "found = paths_info('o/light', listing.commit, ['light-Q8_0.gguf'],\n"
+        f"                   endpoint={hub.url!r}, token=None)\n"
+        "print(listing.files[0].sha256, found['light-Q8_0.gguf'].sha256,\n"
+        "      'huggingface_hub' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env["HF_HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [_sha(data), _sha(data), "False"]

@@ -1,8 +1,11 @@
 """Hugging Face hub metadata: GGUF files of a repo, their sizes and sha256, revision -> commit.
 
 Everything here is hostile input: file names from a listing are checked before any local path
-is built from them. huggingface_hub is imported lazily (``hlctl --help`` stays light) and
-always gets the endpoint explicitly, because it reads ``HF_ENDPOINT`` only at import time.
+is built from them. The two metadata calls (model info, paths-info) are plain httpx requests
+to the hub's API rather than huggingface_hub's HfApi: importing that library costs a quarter
+to most of a second per command, and we need one GET. The endpoint is passed explicitly
+(``HF_ENDPOINT``, read by ``default_endpoint``). The API's shapes are pinned by the tests
+against the hub fixture, which the real huggingface_hub client also reads.
 """
 
 from __future__ import annotations
@@ -224,16 +227,25 @@ def default_endpoint(environ: Mapping[str, str] | None = None) -> str:
 
 
 def default_token(environ: Mapping[str, str] | None = None) -> str | None:
-    """HF_TOKEN, else the token `hf auth login` saved; None when there is neither."""
+    """HF_TOKEN, else the token `hf auth login` saved; None when there is neither.
+
+    The saved token is read where huggingface_hub writes it (``$HF_TOKEN_PATH``, else
+    ``$HF_HOME/token``, else ``~/.cache/huggingface/token``) instead of importing the library,
+    whose import alone costs a quarter to most of a second on every pull.
+    """
     environ = os.environ if environ is None else environ
     if environ.get("HF_TOKEN"):
-        return environ["HF_TOKEN"]
+        return environ["HF_TOKEN"].strip() or None
+    path = environ.get("HF_TOKEN_PATH")
+    if not path:
+        home = environ.get("HF_HOME") or str(
+            Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+        path = str(Path(home) / "token")
     try:
-        from huggingface_hub import get_token
-
-        return get_token()
-    except Exception:  # a broken token file must not stop anonymous pulls
+        token = Path(path).expanduser().read_text().strip()
+    except (OSError, UnicodeDecodeError):  # no saved token, or an unreadable one: anonymous
         return None
+    return token or None
 
 
 def resolve_url(repo: str, revision: str, path: str, endpoint: str) -> str:
@@ -248,23 +260,25 @@ def fetch_listing(repo: str, revision: str = "main", *, endpoint: str,
                   token: str | None) -> RepoListing:
     """One model-info call: the commit the revision points at and every GGUF file with sha256."""
     check_repo_id(repo)
-    api = _api(endpoint, token)
-    info = _call(repo, revision, lambda: api.model_info(repo, revision=revision,
-                                                       files_metadata=True))
-    commit = getattr(info, "sha", None)
+    url = f"{endpoint.rstrip('/')}/api/models/{repo}/revision/{quote(revision, safe='')}"
+    info = _call(repo, revision, lambda client: client.get(url, params={"blobs": "true"},
+                                                            headers=_auth(token)))
+    if not isinstance(info, dict):
+        raise HubError(f"{repo}@{revision}: the hub's model info is not an object")
+    commit = info.get("sha")
     if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise HubError(f"{repo}@{revision}: the hub gives no commit sha")
     files = []
-    for sibling in info.siblings or []:
-        name = sibling.rfilename
+    siblings = info.get("siblings") or []
+    for sibling in siblings if isinstance(siblings, list) else []:
+        name = sibling.get("rfilename") if isinstance(sibling, dict) else None
         if not isinstance(name, str) or not name.lower().endswith(".gguf"):
             continue
-        lfs = sibling.lfs
-        sha256 = lfs.sha256 if lfs is not None else None
-        size = lfs.size if lfs is not None else sibling.size
+        # Model info calls the LFS hash ``lfs.sha256`` (paths-info calls it ``lfs.oid``).
+        size, sha256 = _size_and_sha256(sibling, hash_key="sha256")
         files.append(remote_file(name, size, sha256))
     return RepoListing(repo=repo, revision=revision, commit=commit, files=tuple(files),
-                       gated=bool(getattr(info, "gated", False)))
+                       gated=bool(info.get("gated", False)))
 
 
 def list_gguf_files(repo: str, revision: str = "main", *, endpoint: str,
@@ -280,23 +294,32 @@ def resolve_revision(repo: str, revision: str, *, endpoint: str, token: str | No
 def paths_info(repo: str, commit: str, paths: list[str], *, endpoint: str,
                token: str | None) -> dict[str, RemoteFile]:
     """size and sha256 (``lfs.oid``) of named files at a commit; used by ``--locked``."""
-    api = _api(endpoint, token)
-    entries = _call(repo, commit, lambda: api.get_paths_info(repo, paths, revision=commit))
+    check_repo_id(repo)
+    url = f"{endpoint.rstrip('/')}/api/models/{repo}/paths-info/{quote(commit, safe='')}"
+    entries = _call(repo, commit, lambda client: client.post(
+        url, data={"paths": paths}, headers=_auth(token)))
     found = {}
-    for entry in entries:
-        lfs = getattr(entry, "lfs", None)
-        if lfs is None and not hasattr(entry, "size"):
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or entry.get("type") != "file":
             continue  # a folder
-        found[entry.path] = remote_file(entry.path, lfs.size if lfs else entry.size,
-                                        lfs.sha256 if lfs else None)
+        path = entry.get("path")
+        if not isinstance(path, str):
+            continue
+        size, sha256 = _size_and_sha256(entry, hash_key="oid")
+        found[path] = remote_file(path, size, sha256)
     return found
 
 
-def _api(endpoint: str, token: str | None) -> Any:
-    from huggingface_hub import HfApi
+def _size_and_sha256(entry: dict[str, Any], *, hash_key: str) -> tuple[Any, Any]:
+    lfs = entry.get("lfs")
+    if isinstance(lfs, dict):
+        return lfs.get("size", entry.get("size")), lfs.get(hash_key)
+    return entry.get("size"), None
 
-    # token=False: never fall back to a saved token the caller did not choose to send.
-    return HfApi(endpoint=endpoint, token=token if token else False)
+
+def _auth(token: str | None) -> dict[str, str]:
+    # Only the token the caller chose: never a saved one it did not ask to send.
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class _Retry(Exception):
@@ -304,48 +327,57 @@ class _Retry(Exception):
         self.error = error
 
 
-def _call(repo: str, revision: str, fn: Any, *, attempts: int = 4,
+def _call(repo: str, revision: str, request: Any, *, attempts: int = 4,
           sleep: Any = None) -> Any:
-    """Call the hub, retrying 429/5xx and network errors with backoff; one sentence on failure."""
+    """Call the hub, retrying 429/5xx and network errors with backoff; one sentence on failure.
+
+    ``request(client)`` returns an ``httpx.Response``; the answer is its JSON body.
+    """
     import time
 
+    import httpx
+
     sleep = sleep or time.sleep
-    for attempt in range(attempts):
-        try:
-            return _call_once(repo, revision, fn)
-        except _Retry as retry:
-            if attempt == attempts - 1:
-                raise retry.error from None
-            sleep(min(8.0, 0.5 * 2 ** attempt))
+    timeout = httpx.Timeout(connect=15.0, read=60.0, write=30.0, pool=15.0)
+    with httpx.Client(timeout=timeout, follow_redirects=True,
+                      headers={"User-Agent": "hlctl"}) as client:
+        for attempt in range(attempts):
+            try:
+                return _call_once(repo, revision, lambda: request(client))
+            except _Retry as retry:
+                if attempt == attempts - 1:
+                    raise retry.error from None
+                sleep(min(8.0, 0.5 * 2 ** attempt))
     raise AssertionError("unreachable")
 
 
-def _call_once(repo: str, revision: str, fn: Any) -> Any:
-    from huggingface_hub import errors as hf_errors
+def _call_once(repo: str, revision: str, send: Any) -> Any:
+    import httpx
 
     try:
-        return fn()
-    except hf_errors.GatedRepoError:
-        raise GatedRepoError(repo) from None
-    except hf_errors.RevisionNotFoundError:
-        raise HubError(f"{repo} has no revision {revision!r}") from None
-    except hf_errors.RepositoryNotFoundError:
-        raise HubError(f"{repo} was not found on the hub",
-                       hint="check the name; a private repo needs HF_TOKEN") from None
-    except hf_errors.HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status in (401, 403):
-            raise GatedRepoError(repo) from None
-        error = HubError(f"{repo}: the hub answered HTTP {status}")
-        if status is not None and (status == 429 or status >= 500):
-            raise _Retry(error) from None
-        raise error from None
-    except (OSError, ValueError) as exc:
-        # httpx transport errors are OSError-like; give the endpoint so a typo shows.
+        response = send()
+    except httpx.HTTPError as exc:  # transport errors: refused, reset, timed out
         raise _Retry(HubError(f"{repo}: cannot reach the hub: {type(exc).__name__}: {exc}")) \
             from None
-    except Exception as exc:
-        if type(exc).__module__.startswith(("httpx", "httpcore", "httpx2")):
-            raise _Retry(HubError(f"{repo}: cannot reach the hub: {type(exc).__name__}: {exc}")) \
-                from None
-        raise
+    status = response.status_code
+    if status < 400:
+        try:
+            return response.json()
+        except ValueError:
+            raise HubError(f"{repo}: the hub answered HTTP {status} with a body that is not "
+                           "JSON") from None
+    # The hub names the error in X-Error-Code, as huggingface_hub reads it.
+    code = response.headers.get("X-Error-Code", "")
+    if code == "GatedRepo":
+        raise GatedRepoError(repo)
+    if code == "RevisionNotFound":
+        raise HubError(f"{repo} has no revision {revision!r}")
+    if code == "RepoNotFound":
+        raise HubError(f"{repo} was not found on the hub",
+                       hint="check the name; a private repo needs HF_TOKEN")
+    if status in (401, 403):
+        raise GatedRepoError(repo)
+    error = HubError(f"{repo}: the hub answered HTTP {status}")
+    if status == 429 or status >= 500:
+        raise _Retry(error)
+    raise error
