@@ -129,27 +129,63 @@ def _host_vars(url: str, wheelhouse: tuple[Path, Path]) -> dict[str, object]:
     }
 
 
+def _provision(tmp_path: Path, inventory: Path, *args: str,
+               verbose: bool = False) -> subprocess.CompletedProcess[str]:
+    """`hlctl provision --only host` as a user runs it: the console script, a lab config file,
+    an inventory; hlctl finds playbooks/ and roles/ in this checkout and runs gpu_host.yml."""
+    config = tmp_path / "hlctl.yaml"
+    config.write_text(yaml.safe_dump(LAB_CONFIG))
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
+           "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_PIPELINING": "True"}
+    return subprocess.run([str(bindir / "hlctl"), "--config", str(config),
+                           *(["-v"] if verbose else []),
+                           "provision", "--only", "host", "-i", str(inventory), *args],
+                          cwd=tmp_path, env=env, text=True, capture_output=True, timeout=900)
+
+
+def _summary(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    assert result.returncode == 0, (result.stdout + result.stderr)[-8000:]
+    data = json.loads(result.stdout)
+    assert data["ok"] and [r["playbook"] for r in data["runs"]] == ["gpu_host.yml"]
+    return data["runs"][0]["hosts"]["gpu01"]
+
+
 def test_gpu_host_playbook_converges_then_changes_nothing(
         tmp_path: Path, root: DebianRoot, repos: tuple[fake.FakeRepos, str],
         wheelhouse: tuple[Path, Path]) -> None:
-    """playbooks/gpu_host.yml, all six roles in order, through the chroot connection."""
+    """`hlctl provision --only host`: playbooks/gpu_host.yml, all six roles in order, through
+    the chroot connection, with the hlctl wheel built from this checkout as the agent."""
     root.mount_for_chroot()
     # An existing mount at the models directory is used as it is.
     root.mount("-t", "tmpfs", "-o", "size=16m", "models", at="/srv/models")
     root.run("useradd", "--create-home", "admin")
     inventory = root.chroot_inventory(tmp_path)
-    extra = _host_vars(repos[1], wheelhouse)
+    # What a lab sets per host goes in the inventory; the lab config comes from hlctl.yaml.
+    extra = {k: v for k, v in _host_vars(repos[1], wheelhouse).items()
+             if k != "hlctl_lab_config"}
+    data = yaml.safe_load(inventory.read_text())
+    data["all"]["children"]["gpu_hosts"]["hosts"]["gpu01"].update(extra)
+    inventory.write_text(yaml.safe_dump(data))
 
-    first = run_playbook(REPO / "playbooks/gpu_host.yml", inventory, extra)
-    _assert_ok(first)
-    assert first.changed > 10
-    second = run_playbook(REPO / "playbooks/gpu_host.yml", inventory, extra)
-    _assert_idempotent(second)
+    # First run with -v: Ansible's own output, then hlctl's summary table.
+    started = time.monotonic()
+    first = _provision(tmp_path, inventory, verbose=True)
+    first_s = time.monotonic() - started
+    output = first.stdout + first.stderr
+    assert first.returncode == 0, output[-8000:]
+    # hlctl's summary table closes the output (Ansible's own recap line comes before it).
+    row = [line.split() for line in first.stdout.splitlines()
+           if line.strip().startswith("gpu01 ")][-1]
+    assert row[3] == "0" and row[4] == "0" and int(row[2]) > 10, row  # failed, unreach, changed
+    second = _summary(_provision(tmp_path, inventory, "--json"))
+    assert second["changed"] == 0 and second["failed"] == 0, second
     # A dry run on the converged host: nothing to change, and nothing fails.
-    dry = run_playbook(REPO / "playbooks/gpu_host.yml", inventory, extra, check=True)
-    _assert_idempotent(dry)
-    print(f"gpu_host.yml: first run {first.seconds:.0f}s (changed={first.changed}), "
-          f"second run {second.seconds:.0f}s (changed=0), --check {dry.seconds:.0f}s")
+    dry = _summary(_provision(tmp_path, inventory, "--check", "--json"))
+    assert dry["changed"] == 0 and dry["failed"] == 0, dry
+    print(f"hlctl provision --only host: first run {first_s:.0f}s (changed={row[2]}), "
+          f"second run {second['seconds']:.0f}s (changed=0), --check {dry['seconds']:.0f}s")
+    first_output = output
 
     # The pin beat the newer branch that cuda-drivers-530's ">=" dependency allows.
     versions = dict(line.split() for line in root.run(
@@ -163,8 +199,8 @@ def test_gpu_host_playbook_converges_then_changes_nothing(
     assert "nvidia-container-toolkit" not in held
     assert f"linux-headers-{os.uname().release}" in versions
     assert "blacklist nouveau" in (root.path / "etc/modprobe.d/blacklist-nouveau.conf").read_text()
-    assert "The NVIDIA module changed: reboot" in first.output
-    assert "CUDA 12.1" in first.output  # nvidia-smi's answer, as the verify step read it
+    assert "The NVIDIA module changed: reboot" in first_output
+    assert "CUDA 12.1" in first_output  # nvidia-smi's answer, as the verify step read it
 
     # Docker: log rotation and the nvidia runtime live side by side in daemon.json.
     daemon = json.loads((root.path / "etc/docker/daemon.json").read_text())
@@ -174,7 +210,7 @@ def test_gpu_host_playbook_converges_then_changes_nothing(
     assert "docker" in root.run("id", "-nG", "admin").stdout.split()
     # The links are absolute, meaningful inside the root only: check the link, not its target.
     assert (root.path / "etc/systemd/system/multi-user.target.wants/docker.service").is_symlink()
-    assert "GPU 0: NVIDIA GeForce RTX 3090" in first.output  # docker run --gpus all
+    assert "GPU 0: NVIDIA GeForce RTX 3090" in first_output  # docker run --gpus all
 
     # The agent: venv, host config (controller-only sections left out), state dir.
     config = yaml.safe_load((root.path / "etc/hlctl/hlctl.yaml").read_text())
@@ -195,7 +231,7 @@ def test_gpu_host_playbook_converges_then_changes_nothing(
             "/var/lib/prometheus/node-exporter/hlctl.prom") in unit
     secret = root.path / "etc/hlctl/secrets/ntfy"
     assert secret.stat().st_mode & 0o777 == 0o600
-    assert "tk_not_a_real_token" not in first.output + second.output
+    assert "tk_not_a_real_token" not in first_output
 
 
 def test_nvidia_driver_rejects_a_driver_without_cuda_12_1(
