@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hlctl import atomicfile
 from hlctl.config import HealthThresholds
-from hlctl.gpu import prometheus
 from hlctl.gpu.health import CheckResult, HealthReport, State, evaluate_health
 from hlctl.gpu.prometheus import render_textfile, write_atomic, write_textfile
 from hlctl.gpu.snapshot import (
@@ -185,7 +185,7 @@ def test_failed_write_keeps_old_file_and_removes_temp(tmp_path: Path,
     def fail_fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(prometheus.os, "fsync", fail_fsync)
+    monkeypatch.setattr(atomicfile.os, "fsync", fail_fsync)
     with pytest.raises(OSError, match="No space"):
         write_atomic(target, "new content that never lands\n")
     assert target.read_text() == "old complete content\n"

@@ -7,11 +7,10 @@ fleet status can show a stale result as stale.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from hlctl.atomicfile import write_text_atomic
 from hlctl.gpu.health import HealthReport
 from hlctl.gpu.snapshot import HostSnapshot, SnapshotError, snapshot_from_dict
 
@@ -58,17 +57,7 @@ def report_to_dict(report: HealthReport, exit_code: int) -> dict[str, Any]:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write then rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def record_result(state_dir: Path, report: HealthReport, exit_code: int,

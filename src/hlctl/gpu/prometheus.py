@@ -18,15 +18,13 @@ mode. The output is checked with prometheus_client's own parser in the tests.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hlctl.atomicfile import write_text_atomic
 from hlctl.gpu.health import HealthReport, State
 from hlctl.gpu.snapshot import CLOCKS_EVENT_REASONS, GpuSnapshot, HostSnapshot
 
@@ -278,33 +276,11 @@ def render_textfile(snapshot: HostSnapshot, report: HealthReport, *,
 def write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``text`` so a reader sees the old file or the new, never a mix.
 
-    The temp file sits in the same directory (rename is atomic only within one filesystem)
-    and its name does not end in ``.prom``, so node_exporter never reads it half written.
+    node_exporter runs as another user and must read the file (0644); the temp name does not
+    end in ``.prom``, so it never reads one half written.
     """
-    path = Path(path)
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            # mkstemp creates 0600; node_exporter runs as another user and must read the file.
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(dir_fd)  # make the rename itself survive a power cut
-    finally:
-        os.close(dir_fd)
+    # No mkdir: a missing collector directory is a typo in the config, not ours to create.
+    write_text_atomic(path, text, mode=mode, make_parents=False)
 
 
 def write_textfile(path: Path | str, snapshot: HostSnapshot, report: HealthReport, *,

@@ -15,7 +15,6 @@ The parser is pure; the readers are thin edges that tests replace with fakes.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -23,7 +22,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from hlctl.atomicfile import write_text_atomic
 from hlctl.errors import HlctlError
 
 log = logging.getLogger(__name__)
@@ -200,18 +199,7 @@ def load_cursor(path: Path) -> dict[str, Any] | None:
 
 def save_cursor(path: Path, cursor: dict[str, Any]) -> None:
     """Write then rename in the same directory, so a crash never leaves half a cursor."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(cursor, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(cursor))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,13 +24,13 @@ from typing import Any
 
 import httpx
 
+from hlctl.atomicfile import fsync_dir
 from hlctl.errors import HlctlError
 from hlctl.models.localfile import (
     NotEnoughSpace,
     ProgressFn,
     expected_of_partial,
     file_lock,
-    fsync_dir,
     mark_partial,
     mark_verified,
     sha256_file,

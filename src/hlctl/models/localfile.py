@@ -117,14 +117,6 @@ def _setxattr(path: Path, name: str, value: str) -> None:
         os.setxattr(path, name, value.encode())
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def file_lock(path: Path, on_wait: Callable[[], None] | None) -> Iterator[None]:
     """An exclusive fcntl lock on ``path``, removed by its holder when done.

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from hlctl.atomicfile import write_text_atomic
 from hlctl.errors import ConfigError
 
 LOCK_FILE_NAME = "models.lock"
@@ -135,20 +135,9 @@ def read_lock(path: Path) -> ModelsLock:
 
 def write_lock(path: Path, lock: ModelsLock) -> None:
     """Replace PATH with the lock, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = ("# Written by `hlctl models pull`; `hlctl models pull --locked` reproduces it.\n"
             + yaml.safe_dump(to_data(lock), sort_keys=False, default_flow_style=False))
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    write_text_atomic(path, text)
 
 
 @contextlib.contextmanager
