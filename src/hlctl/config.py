@@ -26,6 +26,7 @@ from hlctl.errors import ConfigError
 from hlctl.provision.settings import ProxmoxSettings, VmSettings
 from hlctl.router.config import RouterSettings
 from hlctl.secret import SecretRef
+from hlctl.yamlfile import read_yaml_file
 
 __all__ = ["ConfigError", "LabConfig", "SecretRef", "load_config"]
 
@@ -216,21 +217,8 @@ def describe_errors(exc: ValidationError) -> list[str]:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read YAML into a mapping; raise ConfigError with the line of a syntax error."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist",
-                          hint="run 'hlctl init' to write a starter config") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}:{where}: {problem}",
-                          problems=[f"{path}:{where}: {problem}"]) from None
+    data = read_yaml_file(path, what="config file",
+                          missing_hint="run 'hlctl init' to write a starter config")
     if data is None:
         return {}
     if not isinstance(data, dict):

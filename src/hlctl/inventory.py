@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hlctl.errors import ConfigError, UsageError
+from hlctl.yamlfile import read_yaml_file
 
 DEFAULT_INVENTORY = Path("inventory") / "hosts.yml"
 _RANGE = re.compile(r"^(.*)\[(\d+):(\d+)\](.*)$")
@@ -153,18 +152,6 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
 
 def load_inventory(path: Path) -> Inventory:
     """Read and check the inventory; every problem is one ConfigError line."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"inventory {path} does not exist",
-                          hint="run 'hlctl init' or pass --inventory") from None
-    except OSError as exc:
-        raise ConfigError(f"inventory {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"inventory {path}:{where} {problem}") from None
+    data = read_yaml_file(path, what="inventory",
+                          missing_hint="run 'hlctl init' or pass --inventory")
     return parse_inventory(data, path)

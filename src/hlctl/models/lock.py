@@ -18,6 +18,7 @@ import yaml
 
 from hlctl.atomicfile import write_text_atomic
 from hlctl.errors import ConfigError
+from hlctl.yamlfile import read_yaml_file
 
 LOCK_FILE_NAME = "models.lock"
 LOCK_VERSION = 1
@@ -120,17 +121,9 @@ def from_data(data: Any, source: Path) -> ModelsLock:
 
 def read_lock(path: Path) -> ModelsLock:
     """The lock at PATH; an empty lock when the file does not exist yet."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    if not path.exists():
         return ModelsLock()
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return from_data(data, path)
+    return from_data(read_yaml_file(path, what="models lock"), path)
 
 
 def write_lock(path: Path, lock: ModelsLock) -> None:
