@@ -66,16 +66,6 @@ def _gpu_vram(app: AppContext) -> int:
     return int(total)
 
 
-def _host_ram() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def _is_local(model: str) -> bool:
     path = Path(model)
     return path.exists() or model.lower().endswith(".gguf") or model.startswith((".", "/", "~"))
@@ -144,7 +134,10 @@ def fit(app: AppContext, model: str, quant: str | None, file_: str | None, revis
     if (vram is None) == (gpu is None):
         raise UsageError("give the GPU memory with --vram GIB, or --gpu auto to read it")
     vram_bytes = _gpu_vram(app) if gpu == "auto" else int(vram * GIB)  # type: ignore[operator]
-    ram_bytes = int(ram * GIB) if ram is not None else (_host_ram() if gpu == "auto" else None)
+    from hlctl.models.localfile import host_ram_bytes
+
+    ram_bytes = (int(ram * GIB) if ram is not None
+                 else host_ram_bytes() if gpu == "auto" else None)
 
     if _is_local(model):
         if quant or file_:

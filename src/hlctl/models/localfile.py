@@ -155,3 +155,14 @@ def file_lock(path: Path, on_wait: Callable[[], None] | None) -> Iterator[None]:
 
 def _gib(count: int) -> str:
     return f"{count / (1 << 30):.2f} GiB" if count >= 1 << 28 else f"{count / (1 << 20):.1f} MiB"
+
+
+def host_ram_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """This machine's RAM (MemTotal), for the part of a model that does not fit in VRAM."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -26,7 +26,7 @@ from hlctl.models.hub import (
     resolve_url,
     select_model,
 )
-from hlctl.models.localfile import ProgressFn, check_space
+from hlctl.models.localfile import ProgressFn, check_space, host_ram_bytes
 from hlctl.models.lock import LockedFile, LockedModel, locked_update, read_lock
 
 GIB = 1 << 30
@@ -154,7 +154,7 @@ def fit_check_before_pull(listing: RepoListing, model: RemoteModel, endpoint: st
         vram = local_vram()
         if vram is None:
             return {"checked": False, "reason": "no GPU readable here; give --vram GIB to check"}
-        ram = _host_ram()
+        ram = host_ram_bytes()
     urls = [resolve_url(listing.repo, listing.commit, f.path, endpoint) for f in model.files]
     try:
         header, fetched = read_remote_header(urls, token=token)
@@ -188,11 +188,3 @@ def local_vram() -> int | None:
     return int(snapshot.gpus[0].memory_total_bytes)
 
 
-def _host_ram() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
