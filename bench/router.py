@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -252,8 +252,10 @@ class Result:
     stream: bool
     rps_64: float
     errors_64: int
-    p50_ms_1: float
+    p50_ms_1: float  # median over the latency rounds
     p99_ms_1: float
+    p50_rounds: list[float] = field(default_factory=list)
+    p99_rounds: list[float] = field(default_factory=list)
 
 
 async def _one(session: aiohttp.ClientSession, url: str, data: bytes,
@@ -318,7 +320,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run(targets: dict[str, tuple[str, dict[str, str]]], seconds: float,
-        count: int) -> list[Result]:
+        count: int, repeats: int = 1, latency_only: bool = False) -> list[Result]:
+    """Throughput once per target, then ``repeats`` rounds of 1-client latency.
+
+    The latency rounds visit every target in turn, so a round's figures share the
+    machine's load of that moment (this machine is shared); a target's p50 and p99 are
+    the medians of its rounds' figures, and the added latency is computed per round
+    against that round's direct figure before taking the median (see ``report``).
+    """
     try:
         import uvloop
 
@@ -327,14 +336,25 @@ def run(targets: dict[str, tuple[str, dict[str, str]]], seconds: float,
         pass
     results = []
     for stream in (False, True):
+        rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
+        rates: dict[str, tuple[float, int]] = {}
         for name, (url, headers) in targets.items():
-            rps, errors = asyncio.run(throughput(url, headers, stream, 64, seconds))
-            lat = asyncio.run(latency(url, headers, stream, count))
-            results.append(Result(name, stream, rps, errors, statistics.median(lat),
-                                  pct(lat, 0.99)))
+            rates[name] = ((0.0, 0) if latency_only
+                           else asyncio.run(throughput(url, headers, stream, 64, seconds)))
+        for _ in range(repeats):
+            for name, (url, headers) in targets.items():
+                lat = asyncio.run(latency(url, headers, stream, count))
+                rounds[name].append((statistics.median(lat), pct(lat, 0.99)))
+        for name in targets:
+            rps, errors = rates[name]
+            p50s = [p50 for p50, _ in rounds[name]]
+            p99s = [p99 for _, p99 in rounds[name]]
+            results.append(Result(name, stream, rps, errors, statistics.median(p50s),
+                                  statistics.median(p99s), p50s, p99s))
             print(f"  {name:8} stream={stream!s:5} {rps:9.0f} req/s at 64 clients "
                   f"({errors} errors); 1 client p50 {results[-1].p50_ms_1:.3f} ms "
-                  f"p99 {results[-1].p99_ms_1:.3f} ms", file=sys.stderr, flush=True)
+                  f"p99 {results[-1].p99_ms_1:.3f} ms (rounds: "
+                  f"{', '.join(f'{v:.3f}' for v in p50s)})", file=sys.stderr, flush=True)
     return results
 
 
@@ -348,16 +368,29 @@ def report(results: list[Result]) -> dict[str, Any]:
             r = by.get((name, stream))
             if r is None:
                 continue
-            added50 = r.p50_ms_1 - direct.p50_ms_1
-            added99 = r.p99_ms_1 - direct.p99_ms_1
+            # Per round against the same round's direct figure, then the median.
+            added50 = statistics.median(
+                a - b for a, b in zip(r.p50_rounds, direct.p50_rounds, strict=True))
+            added99 = statistics.median(
+                a - b for a, b in zip(r.p99_rounds, direct.p99_rounds, strict=True))
             peer = by.get(("litellm", stream))
             ratio = r.rps_64 / peer.rps_64 if peer and peer.rps_64 else None
+            added_peer = (statistics.median(a - b for a, b in zip(
+                peer.p50_rounds, direct.p50_rounds, strict=True)) if peer else None)
             label = f"{name} {'stream' if stream else 'json'}"
             print(f"{label:22}{r.rps_64:11.0f}{added50:10.3f}ms{added99:10.3f}ms"
                   f"{(f'{ratio:11.1f}x' if ratio else ''):>12}")
             summary["proxies"][label] = {"rps_64": r.rps_64, "added_p50_ms": added50,
                                          "added_p99_ms": added99,
-                                         "share_of_direct": r.rps_64 / direct.rps_64,
+                                         "added_p50_rounds_ms": [
+                                             a - b for a, b in zip(r.p50_rounds,
+                                                                   direct.p50_rounds,
+                                                                   strict=True)],
+                                         "share_of_direct": (r.rps_64 / direct.rps_64
+                                                             if direct.rps_64 else None),
+                                         "latency_vs_litellm": (added_peer / added50
+                                                                if added_peer and added50 > 0
+                                                                else None),
                                          "x_litellm": ratio}
     return summary
 
@@ -375,6 +408,10 @@ def main() -> int:
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM peer")
     parser.add_argument("--frameworks", action="store_true",
                         help="also bare pass-throughs on aiohttp.web and Starlette/uvicorn")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="1-client latency rounds per target, interleaved; medians reported")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="skip the 64-client throughput runs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     servers = Servers(with_litellm=not args.no_litellm, frameworks=args.frameworks)
@@ -382,7 +419,8 @@ def main() -> int:
         servers.start()
         print(f"cores: {os.cpu_count()}; litellm "
               f"{litellm_version() if not args.no_litellm else 'skipped'}", file=sys.stderr)
-        summary = report(run(servers.targets, args.seconds, args.count))
+        summary = report(run(servers.targets, args.seconds, args.count, args.repeats,
+                                 args.latency_only))
     finally:
         servers.stop()
     if args.json:

@@ -75,3 +75,32 @@ def test_example_snippet_validates() -> None:
     assert settings.cloud is not None and settings.cloud.api_key is not None
     assert settings.cloud.api_key.env
     assert any(k.scope == "local-only" for k in settings.keys)
+
+
+def _missing_in_example(model: type[BaseModel], example: Any, prefix: str = "") -> list[str]:
+    """Keys of ``model`` (recursively) that the example config's router block leaves out."""
+    missing = []
+    for name, info in model.model_fields.items():
+        if not isinstance(example, dict) or name not in example:
+            missing.append(prefix + name)
+            continue
+        value = example[name]
+        annotation = info.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            if not (isinstance(candidate, type) and issubclass(candidate, BaseModel)
+                    and candidate.__module__ == "hlctl.router.config"):
+                continue
+            # A list of entries or a table of named entries: the first one shows the keys.
+            if isinstance(value, list) and value:
+                value = value[0]
+            elif getattr(annotation, "__origin__", None) is dict and isinstance(value, dict):
+                value = next(iter(value.values()), None)
+            missing += _missing_in_example(candidate, value, f"{prefix}{name}.")
+    return missing
+
+
+def test_every_key_is_in_the_example_config() -> None:
+    from hlctl.templates import example_config
+
+    example = yaml.safe_load(example_config())["router"]
+    assert _missing_in_example(RouterSettings, example) == []

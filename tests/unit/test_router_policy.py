@@ -87,18 +87,41 @@ def test_private_never_reaches_cloud_exhaustively() -> None:
     config = PolicyConfig.from_settings(settings)
     for model in ("auto", "local", "cloud", "home", None):
         for override in (None, "local", "cloud"):
-            for local_up in (True, False):
+            for local_up, critical in ((True, False), (False, False), (True, True),
+                                       (False, True)):
                 for spent in (0.0, 9.0):
                     for endpoint in ("chat", "embeddings"):
                         request = RouteRequest(model=model, key_scope="local-only",
                                                route_override=override, prompt_text="prove",
                                                endpoint=endpoint)
-                        decision = decide_route(request, Health(local_up, True),
+                        decision = decide_route(request, Health(local_up, True, critical),
                                                 Budget(5, spent), config)
                         assert decision.target != "cloud", request
                         assert decision.private
                         after = decide_fallback(decision, "connect")
                         assert after.target != "cloud", request
+
+
+def test_local_critical_diverts_only_non_private_auto() -> None:
+    """Every request that a CRITICAL GPU sends to the cloud is auto, not private, not forced."""
+    settings = RouterSettings.model_validate(
+        {**BASE, "aliases": {"home": {"route": "auto", "private": True}}})
+    config = PolicyConfig.from_settings(settings)
+    diverted = []
+    for model in ("auto", "local", "home", None):
+        for override in (None, "local"):
+            for private in (False, True):
+                request = RouteRequest(model=model, private_header=private,
+                                       route_override=override)
+                calm = decide_route(request, Health(True, True, False), Budget(None, 0), config)
+                hot = decide_route(request, Health(True, True, True), Budget(None, 0), config)
+                assert calm.target == "local", request
+                if hot.target == "cloud":
+                    diverted.append(request)
+                    assert hot.reason == "local_unhealthy"
+                else:
+                    assert hot == calm, request
+    assert diverted == [RouteRequest(model=m) for m in ("auto", None)]
 
 
 def test_estimate_tokens_rounds_up() -> None:

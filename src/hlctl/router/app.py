@@ -25,9 +25,11 @@ from aiohttp import web
 
 from hlctl.errors import HlctlError
 from hlctl.router.config import RouterSettings
+from hlctl.router.gpu_health import HealthFile
 from hlctl.router.ledger import LEDGER_FILE, Ledger, LedgerRow
 from hlctl.router.metrics import CONTENT_TYPE, RouterMetrics
 from hlctl.router.policy import (
+    LOCAL_UNHEALTHY,
     Endpoint,
     Health,
     PolicyConfig,
@@ -111,6 +113,11 @@ class Router:
         cloud = settings.cloud
         self.prices = (None if cloud is None
                        else CloudPrices(cloud.input_usd_per_1m, cloud.output_usd_per_1m))
+        gpu = settings.gpu_health
+        self.gpu_health = (HealthFile(
+            Path(gpu.path).expanduser() if gpu.path else state_dir / "health" / "last.json",
+            stale_after_s=gpu.stale_after_s, recheck_s=gpu.recheck_s, clock=clock)
+            if gpu.divert else None)
 
     def web_app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes)
@@ -187,8 +194,13 @@ class Router:
     async def _health(self, _request: web.Request) -> web.StreamResponse:
         upstreams = self.pool.describe()
         ok = self.pool.local_up() or self.pool.cloud is not None
-        body = {"status": "ok" if ok and self.pool.local_up() else
-                ("degraded" if ok else "down"), "upstreams": upstreams}
+        body: dict[str, Any] = {"status": "ok" if ok and self.pool.local_up() else
+                                ("degraded" if ok else "down"), "upstreams": upstreams}
+        if self.gpu_health is not None:
+            gpu = self.gpu_health.current()
+            body["local_gpu_health"] = {"code": gpu.code, "state": gpu.why,
+                                        "age_s": None if gpu.age_s is None
+                                        else round(gpu.age_s, 1)}
         return web.json_response(body, status=200 if ok else 503)
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
@@ -203,6 +215,7 @@ class Router:
         if self.pool.cloud is not None:
             m.upstream_up.labels(self.pool.cloud.name, "cloud").set(1)
             m.upstream_in_flight.labels(self.pool.cloud.name).set(self.pool.cloud.in_flight)
+        m.local_gpu_health.set(self.gpu_health.current().code if self.gpu_health else 3)
         m.ledger_rows.set(self.ledger.written)
         m.ledger_errors.set(self.ledger.write_errors)
         return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -235,10 +248,13 @@ class Router:
             prompt_text=prompt_text(body, endpoint),
             reasoning=bool(body.get("reasoning_effort")),
             endpoint=endpoint)
-        health = Health(self.pool.local_up(), self.pool.cloud is not None)
+        health = Health(self.pool.local_up(), self.pool.cloud is not None,
+                        self.gpu_health is not None and self.gpu_health.current().critical)
         decision = decide_route(route_request, health,
                                 self.ledger.budget(self.settings.monthly_cloud_budget_usd),
                                 self.policy)
+        if decision.reason == LOCAL_UNHEALTHY and decision.target == "cloud":
+            self.metrics.fallbacks.labels(LOCAL_UNHEALTHY).inc()
         exchange = _Exchange(self, request, key, body, raw, endpoint, route_request, started)
         try:
             return await exchange.run(decision)

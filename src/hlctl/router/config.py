@@ -96,6 +96,20 @@ class Energy(_Strict):
     usd_per_kwh: float = Field(0.12, ge=0, description="electricity price")
 
 
+class GpuHealth(_Strict):
+    divert: bool = Field(True, description=(
+        "while the local GPU's latest health result is CRITICAL, send non-private auto "
+        "traffic to the cloud (reason local_unhealthy); private and explicit local stay local"))
+    path: str | None = Field(None, description=(
+        "the host's latest `hlctl health` result; default <state_dir>/health/last.json "
+        "(the router container mounts the host's /var/lib/hlctl/health there read-only)"))
+    stale_after_s: float = Field(180, gt=0, description=(
+        "a result older than this (by its checked_at) is ignored: unknown, no diversion; "
+        "3x the gpu_healthcheck timer's minutely interval"))
+    recheck_s: float = Field(1, gt=0, le=60, description=(
+        "the file's mtime is checked at most this often; it is read only when it changed"))
+
+
 class EconomicsDefaults(_Strict):
     gpu_price_usd: float = Field(1500, ge=0, description="what the GPU cost")
     gpu_lifetime_years: float = Field(3, gt=0, description="years to write the GPU off over")
@@ -132,6 +146,8 @@ class RouterSettings(_Strict):
     ledger_flush_s: float = Field(0.5, gt=0, le=1, description=(
         "the ledger writes its rows in batches this often (a crash loses at most this)"))
     energy: Energy = Field(Energy(), description="local cost: power times time times price")
+    gpu_health: GpuHealth = Field(GpuHealth(), description=(
+        "health-aware routing from the host's latest GPU health result"))
     economics: EconomicsDefaults = Field(EconomicsDefaults(), description=(
         "defaults for `hlctl economics`"))
 

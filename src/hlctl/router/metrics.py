@@ -36,8 +36,15 @@ class RouterMetrics:
         self.overhead = Histogram("hlctl_router_overhead_seconds",
                                   "Time spent in the router itself", buckets=_OVERHEAD_BUCKETS,
                                   registry=r)
-        self.fallbacks = Counter("hlctl_router_fallbacks", "Requests that fell back to the "
-                                 "cloud, by what failed", ["failure"], registry=r)
+        self.fallbacks = Counter("hlctl_router_fallbacks", "Requests that went to the cloud "
+                                 "instead of local, by why: what failed (connect, status-503, "
+                                 "timeout ...) or local_unhealthy (the GPU's health is "
+                                 "CRITICAL)", ["failure"], registry=r)
+        self.local_gpu_health = Gauge("hlctl_router_local_gpu_health", "The local GPU's "
+                                      "latest health result as routing sees it, in Nagios "
+                                      "codes: 0 OK, 1 WARNING, 2 CRITICAL (auto diverts to the "
+                                      "cloud), 3 UNKNOWN (missing, unreadable or stale)",
+                                      registry=r)
         self.upstream_up = Gauge("hlctl_router_upstream_up", "1 when an upstream is routable "
                                  "(cloud: configured)", ["upstream", "kind"], registry=r)
         self.upstream_in_flight = Gauge("hlctl_router_upstream_in_flight",

@@ -18,6 +18,7 @@ Endpoint = Literal["chat", "completions", "embeddings"]
 # A rough but cheap estimate: English text averages about 4 characters per token, and the
 # decision only needs to know whether a prompt is clearly over the local context.
 CHARS_PER_TOKEN = 4
+LOCAL_UNHEALTHY = "local_unhealthy"  # the X-HL-Route-Reason the issue names
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class RouteRequest:
 class Health:
     local_up: bool
     cloud_configured: bool
+    # The host's latest GPU health result is a fresh CRITICAL (thermal slowdown, XID, GPU
+    # lost). Unknown or stale counts as False: only a known-bad GPU diverts traffic.
+    local_critical: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,10 @@ def decide_route(request: RouteRequest, health: Health, budget: Budget,
         reason = "private"
     elif route == "auto":
         why = _auto_wants_cloud(request, config)
+        if why is None and health.local_critical:
+            # A CRITICAL GPU still answers, but slowly or wrongly: send what may leave the
+            # house elsewhere. Private and explicit local requests still get it (above/below).
+            why = LOCAL_UNHEALTHY
         if why is not None and health.cloud_configured and not budget.exhausted:
             return RouteDecision(alias, "cloud", why, False, False, spec.model)
         if why is not None and health.cloud_configured:
