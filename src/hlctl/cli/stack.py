@@ -24,12 +24,17 @@ _INVENTORY = click.option("-i", "--inventory", "inventory_path",
                           type=click.Path(path_type=Path, dir_okay=False),
                           help="Inventory (default: $HLCTL_INVENTORY or ./inventory/hosts.yml).")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON (stable keys).")
+_PROJECT = click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False),
+                        help="This host's compose/ folder (default: stack.project_dir).")
 
 
-def _settings(app: AppContext) -> Any:
+def _settings(app: AppContext, project_dir: Path | None = None) -> Any:
     from hlctl.stack.settings import stack_settings_from_lab
 
-    return stack_settings_from_lab(app.config)
+    settings = stack_settings_from_lab(app.config, app.environ)
+    if project_dir is not None:
+        settings = settings.model_copy(update={"project_dir": project_dir})
+    return settings
 
 
 def _hosts(app: AppContext, names: tuple[str, ...], all_hosts: bool,
@@ -84,11 +89,12 @@ def _print_remote(outcomes: list[Any], action: str, as_json: bool) -> None:
         sys.exit(ExitStatus.FAILURE)
 
 
-def _local_up(app: AppContext, *, image_tag: str | None, dry_run: bool, recreate: bool) -> Any:
+def _local_up(app: AppContext, *, image_tag: str | None, dry_run: bool, recreate: bool,
+              project_dir: Path | None) -> Any:
     from hlctl.models.lock import read_lock
     from hlctl.stack.service import lock_path, up_local
 
-    settings = _settings(app)
+    settings = _settings(app, project_dir)
     models_dir = app.config.models_dir
     lock = read_lock(lock_path(app.loaded.source, models_dir))
     return up_local(settings, models_dir=models_dir, lock=lock, host=socket.gethostname(),
@@ -105,15 +111,16 @@ def _up_command(action: str) -> Any:
     @click.option("--dry-run", is_flag=True,
                   help="Render and check the plan; start nothing, write nothing.")
     @_INVENTORY
+    @_PROJECT
     @_JSON
     @click.pass_obj
     def command(app: AppContext, hosts: tuple[str, ...], all_hosts: bool,
                 image_tag: str | None, dry_run: bool, inventory_path: Path | None,
-                as_json: bool) -> None:
+                project_dir: Path | None, as_json: bool) -> None:
         selected = _hosts(app, hosts, all_hosts, inventory_path)
         if selected is None:
             result = _local_up(app, image_tag=image_tag, dry_run=dry_run,
-                               recreate=action == "restart")
+                               recreate=action == "restart", project_dir=project_dir)
             _print_local(result, as_json)
             return
         from hlctl.stack.service import remote_argv, run_remote
@@ -155,10 +162,11 @@ restart.help = """Recreate the stack's containers with the current settings.
 @_HOSTS
 @_ALL
 @_INVENTORY
+@_PROJECT
 @_JSON
 @click.pass_obj
 def down(app: AppContext, hosts: tuple[str, ...], all_hosts: bool,
-         inventory_path: Path | None, as_json: bool) -> None:
+         inventory_path: Path | None, project_dir: Path | None, as_json: bool) -> None:
     """Stop and remove the stack's containers (the router's ledger volume stays).
 
     \b
@@ -170,7 +178,8 @@ def down(app: AppContext, hosts: tuple[str, ...], all_hosts: bool,
     if selected is None:
         from hlctl.stack.service import down_local
 
-        _print_local(down_local(_settings(app), host=socket.gethostname()), as_json)
+        _print_local(down_local(_settings(app, project_dir), host=socket.gethostname()),
+                     as_json)
         return
     from hlctl.stack.service import remote_argv, run_remote
 
@@ -186,9 +195,10 @@ def down(app: AppContext, hosts: tuple[str, ...], all_hosts: bool,
 @click.option("--tail", type=click.IntRange(min=0), default=200, show_default=True,
               help="Lines from the end to start with.")
 @_INVENTORY
+@_PROJECT
 @click.pass_obj
 def logs(app: AppContext, service: str, host: str | None, follow: bool, tail: int,
-         inventory_path: Path | None) -> None:
+         inventory_path: Path | None, project_dir: Path | None) -> None:
     """Print a stack service's logs, here or on one host.
 
     \b
@@ -199,7 +209,8 @@ def logs(app: AppContext, service: str, host: str | None, follow: bool, tail: in
     if host is None:
         from hlctl.stack.service import logs_local
 
-        logs_local(_settings(app), service, follow=follow, tail=tail, on_line=click.echo)
+        logs_local(_settings(app, project_dir), service, follow=follow, tail=tail,
+                   on_line=click.echo)
         return
     import math
 

@@ -8,6 +8,7 @@ from the config's extra keys; a missing section means the defaults.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -138,15 +139,44 @@ class StackSettings(_Strict):
         return self.secrets_dir or self.project_dir / "secrets"
 
 
-def stack_settings_from_lab(config: LabConfig | Any) -> StackSettings:
-    """The stack section of a loaded lab config (typed or still an extra key), validated."""
+def _env_section(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``HLCTL_STACK__TIMEOUTS__UP_S=60`` -> {"timeouts": {"up_s": "60"}} (pydantic coerces)."""
+    tree: dict[str, Any] = {}
+    for name, value in sorted(environ.items()):
+        if not name.startswith("HLCTL_STACK__"):
+            continue
+        path = [p.lower() for p in name[len("HLCTL_STACK__"):].split("__") if p]
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        if path and isinstance(node, dict):
+            node[path[-1]] = value
+    return tree
+
+
+def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = (_merged(out[key], value) if isinstance(value, Mapping)
+                    and isinstance(out.get(key), Mapping) else value)
+    return out
+
+
+def stack_settings_from_lab(config: LabConfig | Any,
+                            environ: Mapping[str, str] | None = None) -> StackSettings:
+    """The stack section of a loaded lab config (typed or still an extra key), validated.
+
+    Until LabConfig has the section (and its HLCTL_* env precedence with it), the
+    ``HLCTL_STACK__*`` variables of ``environ`` are applied here.
+    """
     section = getattr(config, "stack", None)
-    if section is None:
-        section = (getattr(config, "model_extra", None) or {}).get("stack")
     if isinstance(section, StackSettings):
         return section
+    if section is None:
+        section = (getattr(config, "model_extra", None) or {}).get("stack")
+    data = _merged(section or {}, _env_section(environ or {}))
     try:
-        return StackSettings.model_validate(section or {})
+        return StackSettings.model_validate(data)
     except ValidationError as exc:
         from hlctl.config import describe_errors
         from hlctl.errors import ConfigError
