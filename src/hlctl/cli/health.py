@@ -15,6 +15,7 @@ from hlctl.context import AppContext
 if TYPE_CHECKING:
     from hlctl.gpu.health import HealthReport
     from hlctl.gpu.snapshot import HostSnapshot
+    from hlctl.inventory import InventoryHost
 
 UNKNOWN = 3
 
@@ -110,7 +111,41 @@ def evaluate_once(app: AppContext, from_file: Path | None, prometheus: Path | No
     return code
 
 
+def _fleet(app: AppContext, hosts: list[InventoryHost], timeout: float | None,
+           as_json: bool) -> int:
+    """`hlctl health --json` on every host at once; the worst code is the command's."""
+    from dataclasses import asdict
+
+    from hlctl.fleet.report import health_from_run, worst_exit_code
+    from hlctl.fleet.settings import fleet_settings
+    from hlctl.fleet.transport import run_on_hosts
+
+    timeout_s = timeout if timeout is not None else fleet_settings(app.config).timeout_s
+    results = [health_from_run(run) for run in
+               run_on_hosts(hosts, ["hlctl", "health", "--json"], timeout_s=timeout_s)]
+    worst = worst_exit_code(r.exit_code for r in results)
+    if as_json:
+        print_json({"schema": "hlctl.fleet-health/1", "exit_code": worst,
+                    "hosts": [asdict(r) for r in results]})
+        return worst
+    names = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+    width = max(len(r.host) for r in results)
+    for r in results:
+        click.echo(f"{r.host:<{width}}  {names[r.exit_code]:<8} (exit {r.exit_code})  "
+                   f"{r.summary}")
+    click.echo(f"lab: {names[worst]} (worst of {len(results)} host(s))")
+    return worst
+
+
 @click.command()
+@click.argument("hosts", nargs=-1, metavar="[HOST]...")
+@click.option("--all", "all_hosts", is_flag=True,
+              help="Check every host of the inventory's gpu_hosts group over SSH.")
+@click.option("--timeout", type=click.FloatRange(min=0.5), metavar="SECONDS",
+              help="With hosts: wait at most this long for each (default: fleet.timeout_s).")
+@click.option("-i", "--inventory", "inventory_path",
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Inventory (default: $HLCTL_INVENTORY or ./inventory/hosts.yml).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--from", "from_file", type=click.Path(path_type=Path, dir_okay=False),
               help="Evaluate a recorded snapshot (hlctl gpu info --json) instead of NVML.")
@@ -121,16 +156,33 @@ def evaluate_once(app: AppContext, from_file: Path | None, prometheus: Path | No
 @click.option("--watch", type=click.FloatRange(min=0.5), metavar="SECONDS",
               help="Re-evaluate every SECONDS in place, for a person at a terminal.")
 @click.pass_obj
-def health(app: AppContext, as_json: bool, from_file: Path | None, prometheus: Path | None,
-           notify: bool, watch: float | None) -> None:
+def health(app: AppContext, hosts: tuple[str, ...], all_hosts: bool, timeout: float | None,
+           inventory_path: Path | None, as_json: bool, from_file: Path | None,
+           prometheus: Path | None, notify: bool, watch: float | None) -> None:
     """Check GPU health and thermals; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+    With --all or HOST names (inventory hosts or groups), every host runs `hlctl health`
+    at once over SSH (recording its result, as the timer's runs do); each host's line shows
+    its exit code, and the command exits with the worst: CRITICAL (2) beats UNKNOWN (3)
+    beats WARNING (1) beats OK (0). A host that does not answer counts as UNKNOWN.
 
     \b
     Examples:
       hlctl health                          check this machine now
       hlctl health --from snapshot.json     evaluate a recorded snapshot
       hlctl health --notify --prometheus /var/lib/node_exporter/hlctl.prom
+      hlctl health --all                    every GPU host, worst exit code wins
     """
+    from hlctl.fleet.report import fleet_selection
+
+    selected = fleet_selection(app.environ, inventory_path, hosts, all_hosts)
+    if selected is not None:
+        if from_file or prometheus or notify or watch is not None:
+            from hlctl.errors import UsageError
+
+            raise UsageError("--from, --prometheus, --notify and --watch act on this machine; "
+                             "drop them with --all or HOST")
+        raise click.exceptions.Exit(_fleet(app, selected, timeout, as_json))
     if watch is None:
         raise click.exceptions.Exit(
             evaluate_once(app, from_file, prometheus, notify, as_json))

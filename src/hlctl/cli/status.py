@@ -1,8 +1,9 @@
-"""`hlctl status`: one screen for this machine (GPUs, Docker, models, last health check)."""
+"""`hlctl status`: one screen for this machine, or with --all / HOST... for the whole lab."""
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -12,6 +13,8 @@ from hlctl.context import AppContext
 
 if TYPE_CHECKING:
     from hlctl.fleet.local_status import LocalStatus
+    from hlctl.fleet.report import FleetRow
+    from hlctl.inventory import InventoryHost
 
 
 def _gib(n: int | None) -> str:
@@ -20,6 +23,14 @@ def _gib(n: int | None) -> str:
 
 def _val(value: float | None, unit: str) -> str:
     return "n/a" if value is None else f"{value:g}{unit}"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h" if seconds < 172800 else f"{seconds / 86400:.0f}d"
 
 
 def _print(status: LocalStatus) -> None:
@@ -61,26 +72,128 @@ def _print(status: LocalStatus) -> None:
                       f"{_gib(m.free_bytes)} free of {_gib(m.total_bytes)}")
         else:
             out.print(f"models: {m.path} [yellow]does not exist[/]")
+    for c in status.containers or []:
+        out.print(f"  {c.name}: {c.state}{f' ({c.health})' if c.health else ''}  {c.image}")
+    if status.models is not None and (status.models.total or status.models.error):
+        ms = status.models
+        out.print(f"models.lock: {ms.ok} of {ms.total} file(s) ok"
+                  + (f" [red]({ms.error})[/]" if ms.error else ""))
+    if status.router is not None and status.router.requests:
+        r = status.router
+        out.print(f"router today: {r.requests} request(s) ({r.local_requests} local, "
+                  f"{r.cloud_requests} cloud), ${r.cost_usd:.2f}")
     last = status.last_health
     if last:
-        out.print(f"last health check: {last.get('state', '?')} at {last.get('checked_at', '?')}")
+        h = status.health
+        age = (f", {_age(h.age_s)} ago" if h and h.age_s is not None else "")
+        stale = " [yellow](stale)[/]" if h and h.stale else ""
+        out.print(f"last health check: {last.get('state', '?')} at "
+                  f"{last.get('checked_at', '?')}{age}{stale}")
     else:
         out.print("last health check: none recorded (run 'hlctl health')")
 
 
+def _fleet_table(rows: list[FleetRow]) -> None:
+    from rich.table import Table
+
+    colour = {"ok": "green", "warning": "yellow", "critical": "red", "unknown": "magenta"}
+    table = Table(title="lab status", pad_edge=False)
+    for column in ("host", "reach", "GPUs (temp / use / memory)", "health", "containers",
+                   "models", "router today"):
+        table.add_column(column)
+    for r in rows:
+        if not r.reachable:
+            table.add_row(r.host, "[red]unreachable[/]", f"[red]{r.error}[/]", "", "", "", "")
+            continue
+        if r.error:
+            table.add_row(r.host, "[yellow]error[/]", f"[yellow]{r.error}[/]", "", "", "", "")
+            continue
+        gpus = "\n".join(
+            f"{g.index}: {_val(g.temperature_c, ' C')} / {_val(g.utilization_gpu_pct, '%')} / "
+            f"{_gib(g.memory_used_bytes)} of {_gib(g.memory_total_bytes)}" for g in r.gpus) \
+            or f"[yellow]none readable[/]{f' ({r.gpu_error})' if r.gpu_error else ''}"
+        if r.health is None:
+            health = "[magenta]none recorded[/]"
+        else:
+            age = f", {_age(r.health_age_s)} ago" if r.health_age_s is not None else ""
+            health = (f"[{colour.get(r.health, 'white')}]{r.health}[/]{age}"
+                      + (" [yellow]stale[/]" if r.health_stale else ""))
+        if r.containers is None:
+            containers = "[yellow]no engine[/]"
+        else:
+            containers = "\n".join(
+                f"{c.name} {c.state}{f' ({c.health})' if c.health else ''}"
+                for c in r.containers) or "none"
+        models = "n/a" if r.models_total is None else f"{r.models_ok}/{r.models_total} ok"
+        router = ("n/a" if r.router_requests is None
+                  else f"{r.router_requests} req, ${r.router_cost_usd or 0:.2f}")
+        table.add_row(r.host, "[green]yes[/]", gpus, health, containers, models, router)
+    console().print(table)
+
+
+def _fleet(app: AppContext, hosts: list[InventoryHost], timeout: float | None,
+           as_json: bool) -> None:
+    from hlctl.fleet.report import fleet_status_json, row_from_run, status_exit_code
+    from hlctl.fleet.settings import fleet_settings
+    from hlctl.fleet.transport import run_on_hosts
+
+    timeout_s = timeout if timeout is not None else fleet_settings(app.config).timeout_s
+    runs = run_on_hosts(hosts, ["hlctl", "status", "--json"], timeout_s=timeout_s)
+    rows = [row_from_run(run) for run in runs]
+    if as_json:
+        print_json(fleet_status_json(rows))
+    else:
+        _fleet_table(rows)
+    raise click.exceptions.Exit(status_exit_code(rows))
+
+
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema hlctl.status/1).")
+@click.argument("hosts", nargs=-1, metavar="[HOST]...")
+@click.option("--all", "all_hosts", is_flag=True,
+              help="Every host of the inventory's gpu_hosts group.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: this machine's (schema hlctl.status/1), or with hosts a list "
+                   "with one object per host (schema hlctl.fleet-status/1).")
+@click.option("--timeout", type=click.FloatRange(min=0.5), metavar="SECONDS",
+              help="Wait at most this long for each host (default: fleet.timeout_s, 20).")
+@click.option("-i", "--inventory", "inventory_path",
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Inventory (default: $HLCTL_INVENTORY or ./inventory/hosts.yml).")
 @click.pass_obj
-def status(app: AppContext, as_json: bool) -> None:
-    """One screen for this machine: GPUs, Docker engine, models directory, health.
+def status(app: AppContext, hosts: tuple[str, ...], all_hosts: bool, as_json: bool,
+           timeout: float | None, inventory_path: Path | None) -> None:
+    """One screen: this machine, or with --all / HOST... the whole lab in one table.
+
+    Without hosts: GPUs, Docker engine, models, router traffic and the last health check of
+    this machine. With --all or HOST names (inventory hosts or groups): the same from every
+    host at once over SSH (`hlctl status --json` on each), one row per host; a host that
+    does not answer within --timeout is a row saying unreachable and slows no other.
+    Exit 0, or 1 when a host is unreachable or its status failed; 2 on a usage, config or
+    inventory error.
 
     \b
-    Example:
+    Examples:
       hlctl status --json | jq '.gpus[].temperature_c'
+      hlctl status --all
+      hlctl status gpu01 gpu02 --json --timeout 5
     """
+    from hlctl.fleet.report import fleet_selection
+
+    selected = fleet_selection(app.environ, inventory_path, hosts, all_hosts)
+    if selected is not None:
+        _fleet(app, selected, timeout, as_json)
+        return
+    from hlctl.cli.models_pull import lock_location
     from hlctl.config import LabConfig
     from hlctl.errors import HlctlError
-    from hlctl.fleet.local_status import gather_local_status, probe_docker
+    from hlctl.fleet.local_status import (
+        gather_local_status,
+        health_summary,
+        probe_engine,
+        router_today,
+        scan_models,
+    )
+    from hlctl.fleet.settings import fleet_settings
     from hlctl.gpu.check import read_last_result
     from hlctl.gpu.nvml import kernel_xids_for_peek, read_snapshot
 
@@ -91,17 +204,24 @@ def status(app: AppContext, as_json: bool) -> None:
     except HlctlError as exc:
         # Status still runs on a broken config: it is where people look first.
         config, source, config_error = LabConfig(), None, str(exc)
-    taken_at = app.clock().isoformat(timespec="seconds")
+    now = app.clock()
+    taken_at = now.isoformat(timespec="seconds")
     host = socket.gethostname()
     # Peek at the kernel log's XIDs: consuming them is the health timer's job.
     snapshot = read_snapshot(
         xid_source=kernel_xids_for_peek(config.state_dir) if config.health.xid.kernel_log
         else None)
+    last = read_last_result(config.state_dir)
+    lock = (lock_location(app, config.models_dir, None) if config_error is None
+            else config.models_dir / "models.lock")
     result = gather_local_status(
         host=host, taken_at=taken_at, snapshot=snapshot, thresholds=config.health,
         config_source=source, config_error=config_error, models_dir=config.models_dir,
-        docker_probe=lambda: probe_docker(app.environ),
-        last_health=read_last_result(config.state_dir))
+        docker_probe=lambda: probe_engine(app.environ),
+        last_health=last,
+        health=health_summary(last, now, fleet_settings(config).stale_after_s),
+        models=scan_models(config.models_dir, lock),
+        router=router_today(config.state_dir, now))
     if as_json:
         print_json(result.to_dict())
     else:

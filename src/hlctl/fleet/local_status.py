@@ -2,13 +2,20 @@
 
 Each part is gathered at its own edge and fails on its own: no GPU, no Docker or no config
 is a line in the status, never an error of the command.
+
+``hlctl status --json`` is also what the controller's ``hlctl status --all`` reads from each
+host over SSH, so keys are only ever added (schema hlctl.status/1): ``health`` (the latest
+recorded result with its age and a stale flag), ``containers``, ``models`` (against
+models.lock, stat only) and ``router`` (today's requests and cost from the ledger).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +50,47 @@ class DockerStatus:
 
 
 @dataclass(frozen=True)
+class ContainerLine:
+    name: str
+    state: str          # running, exited, restarting ... (the engine's State)
+    health: str | None  # healthy, unhealthy, starting, or None without a healthcheck
+    image: str
+
+
+@dataclass(frozen=True)
+class HealthSummary:
+    """The latest recorded `hlctl health` result, with how old it is."""
+
+    state: str
+    exit_code: int | None
+    checked_at: str | None
+    age_s: float | None
+    stale: bool
+    stale_after_s: float
+    source: str | None
+    findings: int
+
+
+@dataclass(frozen=True)
+class ModelsSummary:
+    lock: str | None
+    total: int          # files the lock lists
+    ok: int
+    states: dict[str, int]  # state -> count, unknown files included
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RouterToday:
+    ledger: str
+    requests: int
+    local_requests: int
+    cloud_requests: int
+    cost_usd: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelsDirStatus:
     path: str
     exists: bool
@@ -64,6 +112,10 @@ class LocalStatus:
     docker: DockerStatus
     models_dir: ModelsDirStatus | None
     last_health: dict[str, Any] | None = field(default=None)
+    health: HealthSummary | None = None
+    containers: list[ContainerLine] | None = None  # None: the engine did not answer
+    models: ModelsSummary | None = None
+    router: RouterToday | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": STATUS_SCHEMA, **asdict(self)}
@@ -85,29 +137,126 @@ def gpu_lines(snapshot: HostSnapshot, thresholds: HealthThresholds) -> list[GpuL
     return lines
 
 
-def probe_docker(environ: Mapping[str, str], timeout_s: float = 3) -> DockerStatus:
+_HEALTH_IN_STATUS = re.compile(r"\((healthy|unhealthy|health: starting)\)")
+
+
+def container_lines(raw: Sequence[Mapping[str, Any]]) -> list[ContainerLine]:
+    """Containers from the engine's list (GET /containers/json): health from its Status text,
+    which saves one inspect call per container."""
+    lines = []
+    for c in raw:
+        names = c.get("Names") or [str(c.get("Id", "?"))[:12]]
+        match = _HEALTH_IN_STATUS.search(str(c.get("Status") or ""))
+        health = match.group(1).replace("health: ", "") if match else None
+        lines.append(ContainerLine(name=str(names[0]).lstrip("/"), state=str(c.get("State")),
+                                   health=health, image=str(c.get("Image"))))
+    return sorted(lines, key=lambda line: line.name)
+
+
+def probe_engine(environ: Mapping[str, str],
+                 timeout_s: float = 3) -> tuple[DockerStatus, list[ContainerLine] | None]:
     """Ask the Docker engine through the docker SDK (DOCKER_HOST or the default socket)."""
     host = environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
         import docker
         from docker.errors import DockerException
     except ImportError:
-        return DockerStatus(reachable=False, host=host, error="the docker SDK is not installed")
+        return DockerStatus(reachable=False, host=host,
+                            error="the docker SDK is not installed"), None
     try:
         client = docker.DockerClient(base_url=host, timeout=int(max(1, timeout_s)))
         try:
             client.ping()
             version = client.version().get("Version")
             # The low-level list avoids one inspect call per container.
-            running = len(client.api.containers())
+            raw = client.api.containers(all=True)
         finally:
             client.close()
     except (DockerException, OSError) as exc:
         reason = str(exc).split("(")[0].strip().rstrip(":") or type(exc).__name__
         if "FileNotFoundError" in str(exc) or "No such file" in str(exc):
             reason = "no Docker engine is listening there"
-        return DockerStatus(reachable=False, host=host, error=reason)
-    return DockerStatus(reachable=True, host=host, version=version, containers_running=running)
+        return DockerStatus(reachable=False, host=host, error=reason), None
+    containers = container_lines(raw)
+    running = sum(1 for c in containers if c.state == "running")
+    return (DockerStatus(reachable=True, host=host, version=version, containers_running=running),
+            containers)
+
+
+def probe_docker(environ: Mapping[str, str], timeout_s: float = 3) -> DockerStatus:
+    return probe_engine(environ, timeout_s)[0]
+
+
+def _parse_time(text: Any) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def health_summary(last: Mapping[str, Any] | None, now: datetime,
+                   stale_after_s: float) -> HealthSummary | None:
+    """The recorded result with its age; without a readable time it counts as stale."""
+    if not last:
+        return None
+    checked = _parse_time(last.get("checked_at"))
+    age = (now - checked).total_seconds() if checked else None
+    code = last.get("exit_code")
+    return HealthSummary(
+        state=str(last.get("state") or "unknown"),
+        exit_code=code if isinstance(code, int) else None,
+        checked_at=str(last["checked_at"]) if last.get("checked_at") else None,
+        age_s=round(age, 1) if age is not None else None,
+        stale=age is None or age > stale_after_s, stale_after_s=stale_after_s,
+        source=str(last["source"]) if last.get("source") else None,
+        findings=len(last.get("findings") or []))
+
+
+def models_summary(lock_path: Path | None, states: Sequence[Any],
+                   error: str | None = None) -> ModelsSummary:
+    """Counts over ``store.scan``'s FileStates: ok of the files the lock lists."""
+    counts: dict[str, int] = {}
+    for s in states:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    locked = [s for s in states if s.repo is not None]
+    return ModelsSummary(lock=str(lock_path) if lock_path else None, total=len(locked),
+                         ok=sum(1 for s in locked if s.state == "ok"), states=counts,
+                         error=error)
+
+
+def scan_models(models_dir: Path, lock_path: Path) -> ModelsSummary:
+    """Stat-only scan (what `hlctl models list` does): no file is re-hashed here."""
+    from hlctl.errors import HlctlError
+    from hlctl.models.lock import read_lock
+    from hlctl.models.store import scan
+
+    try:
+        return models_summary(lock_path, scan(models_dir, read_lock(lock_path)))
+    except (HlctlError, OSError) as exc:
+        return models_summary(lock_path, [], error=str(exc))
+
+
+def router_today(state_dir: Path, now: datetime) -> RouterToday:
+    """Today's (UTC) requests and cloud cost from the router ledger; no ledger is zero."""
+    from datetime import UTC, timedelta
+
+    from hlctl.errors import HlctlError
+    from hlctl.router.ledger import LEDGER_FILE
+    from hlctl.router.usage import Period, read_aggregates
+
+    ledger = state_dir / LEDGER_FILE
+    start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        rows = read_aggregates(ledger, Period(start, start + timedelta(days=1), "today"),
+                               "route")
+    except HlctlError as exc:
+        return RouterToday(str(ledger), 0, 0, 0, 0.0, error=str(exc))
+    return RouterToday(
+        ledger=str(ledger), requests=sum(a.requests for a in rows),
+        local_requests=sum(a.requests for a in rows if a.route == "local"),
+        cloud_requests=sum(a.requests for a in rows if a.route == "cloud"),
+        cost_usd=round(sum(a.cost_usd for a in rows), 6))
 
 
 def models_dir_status(path: Path) -> ModelsDirStatus:
@@ -122,13 +271,20 @@ def models_dir_status(path: Path) -> ModelsDirStatus:
 def gather_local_status(*, host: str, taken_at: str, snapshot: HostSnapshot,
                         thresholds: HealthThresholds, config_source: str | None,
                         config_error: str | None, models_dir: Path | None,
-                        docker_probe: Callable[[], DockerStatus],
-                        last_health: dict[str, Any] | None) -> LocalStatus:
+                        docker_probe: Callable[[], DockerStatus | tuple[
+                            DockerStatus, list[ContainerLine] | None]],
+                        last_health: dict[str, Any] | None,
+                        health: HealthSummary | None = None,
+                        models: ModelsSummary | None = None,
+                        router: RouterToday | None = None) -> LocalStatus:
+    probed = docker_probe()
+    docker, containers = probed if isinstance(probed, tuple) else (probed, None)
     return LocalStatus(
         host=host, taken_at=taken_at, config_source=config_source, config_error=config_error,
         driver_version=snapshot.driver_version,
         cuda_driver_version=snapshot.cuda_driver_version,
         gpu_error=snapshot.error, gpus=gpu_lines(snapshot, thresholds),
-        docker=docker_probe(),
+        docker=docker,
         models_dir=models_dir_status(models_dir) if models_dir is not None else None,
-        last_health=last_health)
+        last_health=last_health, health=health, containers=containers, models=models,
+        router=router)
