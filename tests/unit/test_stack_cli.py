@@ -124,3 +124,16 @@ all:
     assert hosts["here"]["result"]["n_gpu_layers"] == 7
     assert not hosts["gone"]["ok"] and not hosts["gone"]["reachable"]
     assert hosts["gone"]["message"]
+
+
+def test_dry_run_env_text_is_what_up_writes(lab: dict[str, str], tmp_path: Path) -> None:
+    """The llm_stack role copies env_text; `hlctl up` then finds the same bytes (no churn)."""
+    from hlctl.stack.envfile import write_env
+    from hlctl.stack.interpolate import parse_env_text
+
+    data = json.loads(run(["up", "--dry-run", "--json"], lab).stdout)
+    target = tmp_path / "role-wrote.env"
+    target.write_text(data["env_text"])
+    target.chmod(0o600)
+    assert parse_env_text(data["env_text"]) == data["env"]
+    assert write_env(target, data["env"]) is False

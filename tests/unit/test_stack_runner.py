@@ -159,3 +159,13 @@ def test_no_compose_file_says_how_to_install(tmp_path: Path) -> None:
     with pytest.raises(HlctlError, match="not installed on this host"):
         up_local(settings(tmp_path / "nowhere", n_gpu_layers=1), models_dir=tmp_path,
                  lock=gemma_lock(), host="gpu01", dry_run=True)
+
+
+def test_check_only_checks_cuda_and_starts_nothing(project: Path, docker: FakeDocker,
+                                                   engine: str, tmp_path: Path) -> None:
+    result = up_local(settings(project, n_gpu_layers=33), models_dir=tmp_path,
+                      lock=gemma_lock(), host="gpu01", edges=edges(docker, engine),
+                      check_only=True)
+    assert result.cuda is not None and "supports CUDA 12.1" in result.cuda
+    assert result.env["LLAMA_IMAGE"] == IMAGE and result.offload is None
+    assert docker.calls() == [] and not (project / ".env").exists()

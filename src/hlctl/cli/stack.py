@@ -61,7 +61,9 @@ def _print_local(result: Any, as_json: bool) -> None:
     if as_json:
         print_json(result.to_json())
         return
-    if result.dry_run:
+    if result.dry_run or (result.env_changed is None and result.cuda):
+        if result.cuda:
+            click.echo(result.cuda)
         click.echo(f"Would run {result.image} with {result.model} "
                    f"(-ngl {result.n_gpu_layers} from {result.plan_source}, "
                    f"ctx {result.ctx}, {result.parallel} slots); .env: {result.env_file}")
@@ -90,7 +92,7 @@ def _print_remote(outcomes: list[Any], action: str, as_json: bool) -> None:
 
 
 def _local_up(app: AppContext, *, image_tag: str | None, dry_run: bool, recreate: bool,
-              project_dir: Path | None) -> Any:
+              project_dir: Path | None, check_only: bool = False) -> Any:
     from hlctl.models.lock import read_lock
     from hlctl.stack.service import lock_path, up_local
 
@@ -98,7 +100,8 @@ def _local_up(app: AppContext, *, image_tag: str | None, dry_run: bool, recreate
     models_dir = app.config.models_dir
     lock = read_lock(lock_path(app.loaded.source, models_dir))
     return up_local(settings, models_dir=models_dir, lock=lock, host=socket.gethostname(),
-                    image_tag=image_tag, dry_run=dry_run, recreate=recreate)
+                    image_tag=image_tag, dry_run=dry_run, recreate=recreate,
+                    check_only=check_only)
 
 
 def _up_command(action: str) -> Any:
@@ -110,24 +113,30 @@ def _up_command(action: str) -> Any:
                        "(a rollback is one flag).")
     @click.option("--dry-run", is_flag=True,
                   help="Render and check the plan; start nothing, write nothing.")
+    @click.option("--check", "check_only", is_flag=True,
+                  help="Like --dry-run, and check the image's CUDA against the driver.")
     @_INVENTORY
     @_PROJECT
     @_JSON
     @click.pass_obj
     def command(app: AppContext, hosts: tuple[str, ...], all_hosts: bool,
-                image_tag: str | None, dry_run: bool, inventory_path: Path | None,
-                project_dir: Path | None, as_json: bool) -> None:
+                image_tag: str | None, dry_run: bool, check_only: bool,
+                inventory_path: Path | None, project_dir: Path | None,
+                as_json: bool) -> None:
+        if dry_run and check_only:
+            raise UsageError("give --dry-run or --check, not both")
         selected = _hosts(app, hosts, all_hosts, inventory_path)
         if selected is None:
             result = _local_up(app, image_tag=image_tag, dry_run=dry_run,
-                               recreate=action == "restart", project_dir=project_dir)
+                               recreate=action == "restart", project_dir=project_dir,
+                               check_only=check_only)
             _print_local(result, as_json)
             return
         from hlctl.stack.service import remote_argv, run_remote
 
         settings = _settings(app)
         outcomes = run_remote(selected, remote_argv(action, image_tag=image_tag,
-                                                    dry_run=dry_run),
+                                                    dry_run=dry_run, check_only=check_only),
                               timeout_s=settings.timeouts.remote_s)
         _print_remote(outcomes, action, as_json)
 

@@ -24,6 +24,7 @@ from hlctl.stack.envfile import (
     LaunchPlan,
     ModelChoice,
     choose_model,
+    env_text,
     launch_plan,
     render_env,
     write_env,
@@ -64,11 +65,15 @@ class UpResult:
     env_file: str | None = None
     env_changed: bool | None = None
     llama_command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # the .env (no secrets live in it)
     cuda: str | None = None
     offload: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        # The exact file `hlctl up` writes, so the llm_stack role writes the same bytes.
+        data["env_text"] = env_text(self.env) if self.env else None
+        return data
 
 
 # -- planning (pure apart from reading files) ---------------------------------------------------
@@ -142,8 +147,10 @@ def _require_compose(project: runner.ComposeProject) -> dict[str, Any]:
 
 def up_local(settings: StackSettings, *, models_dir: Path, lock: Any, host: str,
              edges: StackEdges | None = None, image_tag: str | None = None,
-             dry_run: bool = False, recreate: bool = False) -> UpResult:
-    """Bring the stack up on this host, or (dry run) say exactly what would run."""
+             dry_run: bool = False, recreate: bool = False, check_only: bool = False
+             ) -> UpResult:
+    """Bring the stack up on this host, or (dry run) say exactly what would run, or
+    (check only) also check the image's CUDA against the driver, starting nothing."""
     edges = edges or StackEdges()
     project = project_of(settings)
     compose = _require_compose(project)
@@ -154,7 +161,7 @@ def up_local(settings: StackSettings, *, models_dir: Path, lock: Any, host: str,
                       image=env["LLAMA_IMAGE"], model=model.label,
                       n_gpu_layers=launch.n_gpu_layers, ctx=launch.ctx,
                       parallel=launch.parallel, plan_source=launch.source,
-                      env_file=str(project.env_file),
+                      env_file=str(project.env_file), env=env,
                       llama_command=list(llama_command(compose, env)))
     if dry_run:
         return result
@@ -170,6 +177,8 @@ def up_local(settings: StackSettings, *, models_dir: Path, lock: Any, host: str,
     result.cuda = verdict.message
     if not verdict.ok:
         raise StackError(verdict.message)
+    if check_only:
+        return result
     result.env_changed = write_env(project.env_file, env)
     runner.run_compose(runner.compose_argv(project, *runner.up_args(
         settings.timeouts.up_s, recreate=recreate), docker=edges.docker),
@@ -260,11 +269,13 @@ def run_remote(hosts: Sequence[Any], argv: Sequence[str], *, timeout_s: float,
     return [outcome_of(r, expect_json=expect_json) for r in runs]
 
 
-def remote_argv(action: str, *, image_tag: str | None = None, dry_run: bool = False
-                ) -> list[str]:
+def remote_argv(action: str, *, image_tag: str | None = None, dry_run: bool = False,
+                check_only: bool = False) -> list[str]:
     argv = ["hlctl", action, "--json"]
     if image_tag:
         argv += ["--image-tag", image_tag]
     if dry_run:
         argv.append("--dry-run")
+    if check_only:
+        argv.append("--check")
     return argv
