@@ -32,7 +32,12 @@ from hlctl.stack.interpolate import llama_command, load_compose, parse_env_text,
 from hlctl.stack.offload import check_offload, parse_offload
 from hlctl.stack.service import StackEdges, plan
 from tests.fixtures.compose_env import GEMMA_FILE, GEMMA_REPO, gemma_lock, settings
-from tests.fixtures.llama_build import LlamaServer, free_port
+from tests.fixtures.llama_build import (
+    LlamaServer,
+    free_port,
+    start_llama_server,
+    start_rpc_server,
+)
 from tests.fixtures.router_llama import require_llama
 
 pytestmark = pytest.mark.slow
@@ -174,6 +179,21 @@ def test_offload_check_on_the_real_server_log(stack: Stack) -> None:
     verdict = check_offload(report, 19)  # configured >0, nothing on a GPU: the failure line
     assert not verdict.ok
     assert verdict.message.startswith("llama-server fell back to the CPU: offloaded 0/")
+
+
+def test_offload_check_passes_on_a_real_offload_device(tmp_path: Path) -> None:
+    """ggml's rpc-server is a real offload device: llama-server puts the layers' buffers on it
+    ("RPC0[127.0.0.1:PORT] model buffer size") as it would on CUDA0."""
+    binary, model = require_llama()
+    with start_rpc_server(threads=1) as rpc, start_llama_server(
+            model, ["--rpc", rpc.endpoint, "-ngl", "99", "-c", "1024", "-np", "1", "-t", "1",
+                    "--no-warmup", "--log-verbosity", "4"], binary=binary,
+            log_path=tmp_path / "llama.log") as server:
+        report = parse_offload(server.log_text())
+    assert report.offloaded == report.total == 19
+    assert [name.split("[")[0] for name in report.device_bytes] == ["RPC0"]
+    verdict = check_offload(report, 99)
+    assert verdict.ok and verdict.message.startswith("offloaded 19/19 layers (RPC0[")
 
 
 def test_auto_layers_come_from_the_fit_of_the_real_model(tmp_path: Path) -> None:

@@ -1,34 +1,13 @@
 """The offload check on llama-server load logs: a CPU fallback is a failure, not a slow success.
 
-The CPU excerpt is from the CPU build the integration tests use (-ngl 99, --log-verbosity 4);
-the CUDA excerpt has the same lines as a CUDA build logs them for an RTX 3090.
+The excerpts are in tests/fixtures/compose_logs.py; test_stack_llama.py runs the check on the
+logs of real servers (CPU, and ggml's rpc-server as a real offload device).
 """
 
 from __future__ import annotations
 
 from hlctl.stack.offload import check_offload, parse_offload
-
-CPU_BUILD_NGL_99 = """\
-0.01.532.179 I load_tensors: loading model tensors, this can take a while... (load_mode = mmap)
-0.01.549.377 I load_tensors: offloading output layer to GPU
-0.01.549.417 I load_tensors: offloading 17 repeating layers to GPU
-0.01.549.433 I load_tensors: offloaded 19/19 layers to GPU
-0.01.549.453 I load_tensors:   CPU_Mapped model buffer size =   235.16 MiB
-0.01.549.469 I load_tensors:   CPU_REPACK model buffer size =    12.66 MiB
-"""
-CPU_NGL_0 = """\
-load_tensors: loading model tensors, this can take a while... (load_mode = mmap)
-load_tensors: offloaded 0/19 layers to GPU
-load_tensors:   CPU_Mapped model buffer size =   235.16 MiB
-"""
-CUDA_FULL = """\
-load_tensors: loading model tensors, this can take a while... (load_mode = mmap)
-load_tensors: offloading 32 repeating layers to GPU
-load_tensors: offloading output layer to GPU
-load_tensors: offloaded 33/33 layers to GPU
-load_tensors:        CUDA0 model buffer size =  4095.05 MiB
-load_tensors:   CPU_Mapped model buffer size =    72.00 MiB
-"""
+from tests.fixtures.compose_logs import CPU_BUILD_NGL_99, CPU_NGL_0, CUDA_FULL
 
 
 def test_cuda_offload_passes() -> None:

@@ -23,7 +23,7 @@ from hlctl.stack.service import StackEdges, StackError, down_local, logs_local, 
 from tests.fixtures.compose_cli import FakeDocker, write_fake_docker
 from tests.fixtures.compose_engine import CUDA_121_ENV, CUDA_128_ENV, engine_with_images
 from tests.fixtures.compose_env import gemma_lock, settings
-from tests.unit.test_stack_offload import CPU_BUILD_NGL_99, CUDA_FULL
+from tests.fixtures.compose_logs import CPU_BUILD_NGL_99, CUDA_FULL
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "hlctl/llama-server-cuda:b11434-cuda12.1.1-sm86"
