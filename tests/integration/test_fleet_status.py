@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.debian_root import missing_tools, nspawn_boot_problem
-from tests.fixtures.fleet_hosts import Lab, agent_root, build_wheelhouse, lab
+from tests.fixtures.fleet_hosts import Lab, agent_root, build_wheelhouse, hub_in_namespace, lab
 
 pytestmark = pytest.mark.slow
 
@@ -151,6 +151,53 @@ def test_a_host_without_sshd_is_refused_at_once(fleet: Lab) -> None:
     assert gone["reachable"] is False and "refused" in str(gone["error"]).lower(), gone
     assert rows[0]["reachable"] and rows[1]["reachable"]
     assert elapsed < TIMEOUT_S
+
+
+def test_models_pull_on_all_hosts_then_locked_set(fleet: Lab, tmp_path: Path) -> None:
+    """Each host downloads from the hub itself (the hub simulator, served in the controller
+    namespace); --locked --all sends the controller's models.lock and every host holds it."""
+    q4, q8 = tmp_path / "m-Q4_K_M.gguf", tmp_path / "m-Q8_0.gguf"
+    q4.write_bytes(os.urandom(1 << 20))
+    q8.write_bytes(os.urandom(1 << 19))
+    with hub_in_namespace(fleet.ctl_ns, {"o/m": {q4.name: q4, q8.name: q8}}) as port:
+        for host in fleet.hosts:
+            # A host's hub address is its gateway: the controller end of its veth pair.
+            wrapper = host.root / "usr/local/bin/hlctl-hub"
+            wrapper.write_text(f"#!/bin/sh\nexport HF_ENDPOINT=http://{host.ctl_ip}:{port}\n"
+                               "exec hlctl \"$@\"\n")
+            wrapper.chmod(0o755)
+        inventory = str(fleet.inventory(hlctl_bin="/usr/local/bin/hlctl-hub"))
+        first = fleet.hlctl("models", "pull", "o/m", "--quant", "Q4_K_M", "--no-fit-check",
+                            "--all", "--json", "-i", inventory)
+        assert first.returncode == 0, first.stdout + first.stderr
+        rows = json.loads(first.stdout)["hosts"]
+        assert [(r["host"], r["ok"], r["downloaded_bytes"]) for r in rows] == [
+            (h.name, True, 1 << 20) for h in fleet.hosts]
+        for host in fleet.hosts:
+            assert (host.root / "srv/models/o/m" / q4.name).read_bytes() == q4.read_bytes()
+        # gpu01 alone also gets Q8_0; its lock (both models) becomes the controller's.
+        one = fleet.hlctl("models", "pull", "o/m", "--quant", "Q8_0", "--no-fit-check",
+                          "--host", "gpu01", "-i", inventory)
+        assert one.returncode == 0 and "gpu01" in one.stdout, one.stdout + one.stderr
+        lock = tmp_path / "models.lock"
+        shutil.copy(fleet.hosts[0].root / "etc/hlctl/models.lock", lock)
+        locked = fleet.hlctl("models", "pull", "--locked", "--all", "--lock", str(lock),
+                             "--json", "-i", inventory)
+        assert locked.returncode == 0, locked.stdout + locked.stderr
+        got = {r["host"]: (r["models"], r["downloaded_bytes"])
+               for r in json.loads(locked.stdout)["hosts"]}
+        assert got == {"gpu01": (2, 0), "gpu02": (2, 1 << 19), "gpu03": (2, 1 << 19)}
+    for host in fleet.hosts:
+        assert (host.root / "srv/models/o/m" / q8.name).read_bytes() == q8.read_bytes()
+    code, status_rows, _ = _status(fleet)
+    assert code == 0
+    assert [(r["models_ok"], r["models_total"]) for r in status_rows] == [(2, 2)] * 3
+    # A lock that lists nothing is refused before any host is asked.
+    empty = tmp_path / "empty.lock"
+    empty.write_text("version: 1\nmodels: []\n")
+    refused = fleet.hlctl("models", "pull", "--locked", "--all", "--lock", str(empty),
+                          "-i", inventory)
+    assert refused.returncode == 2 and "lists no models" in refused.stderr
 
 
 def test_bad_inventory_is_one_line_exit_2(fleet: Lab, tmp_path: Path) -> None:

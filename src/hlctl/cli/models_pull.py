@@ -191,20 +191,58 @@ def _model_json(model: RemoteModel) -> dict[str, Any]:
                    "without either the check is skipped).")
 @click.option("--ctx", "fit_ctx", type=click.IntRange(min=1), default=DEFAULT_FIT_CTX,
               show_default=True, help="Context size the fit check plans for.")
+@click.option("--host", "hosts", multiple=True, metavar="HOST",
+              help="Run the pull on this inventory host (or group) over SSH; repeatable.")
+@click.option("--all", "all_hosts", is_flag=True,
+              help="Run the pull on every host of the inventory's gpu_hosts group.")
+@click.option("-i", "--inventory", "inventory_path",
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Inventory (default: $HLCTL_INVENTORY or ./inventory/hosts.yml).")
+@click.option("--timeout", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="With hosts: give up on a host after this long (default: no limit; a "
+                   "dead connection is still noticed within seconds).")
+@click.option("--lock-stdin", is_flag=True, hidden=True,
+              help="(--locked on a host) Replace this host's models.lock with the lock "
+                   "read from stdin first; what --locked --host/--all sends.")
 @_json_option
 @click.pass_context
 def pull(ctx: click.Context, repo: str | None, file: str | None, quant: str | None,
          revision: str, models_dir: Path | None, lock_path: Path | None, locked: bool,
-         no_fit_check: bool, vram: float | None, fit_ctx: int, as_json: bool) -> None:
+         no_fit_check: bool, vram: float | None, fit_ctx: int, hosts: tuple[str, ...],
+         all_hosts: bool, inventory_path: Path | None, timeout: float | None,
+         lock_stdin: bool, as_json: bool) -> None:
     """Download a GGUF model, verified by sha256 and resumable, and pin it in models.lock.
+
+    With --host H (repeatable) or --all, each host runs the same pull over SSH and downloads
+    straight from the hub onto its own disk, pinning into its own models.lock. With
+    --locked, the controller's models.lock is sent to each host first (over the SSH
+    session's stdin) and replaces the host's, so every host holds exactly that set.
+    One result row per host; exit 1 if any host failed.
 
     \b
     Examples:
       hlctl models pull bartowski/Mistral-7B-Instruct-v0.3-GGUF --quant Q4_K_M
       hlctl models pull unsloth/gemma-3-270m-it-GGUF gemma-3-270m-it-Q4_K_M.gguf
       hlctl models pull --locked          # the exact set in models.lock, on another host
+      hlctl models pull --locked --all    # every GPU host holds the models.lock set
     """
     app = _app(ctx)
+    from hlctl.fleet.report import fleet_selection
+
+    selected = fleet_selection(app.environ, inventory_path, hosts, all_hosts)
+    if selected is not None:
+        if models_dir is not None or lock_stdin:
+            raise UsageError("--dir acts on this machine; each host uses its own models_dir")
+        if lock_path is not None and not locked:
+            raise UsageError("--lock with hosts names the lock to send: use it with --locked")
+        argv = ["hlctl", "models", "pull", *([repo] if repo else []), *([file] if file else []),
+                *(["--quant", quant] if quant else []), "--revision", revision,
+                *(["--locked", "--lock-stdin"] if locked else []),
+                *(["--no-fit-check"] if no_fit_check else []),
+                *(["--vram", f"{vram:g}"] if vram else []), "--ctx", str(fit_ctx), "--json"]
+        stdin = _lock_to_send(app, lock_path) if locked else None
+        _pull_on_hosts(selected, argv, stdin, timeout, as_json)
+        return
     root = _models_dir(app, models_dir)
     lock_file = lock_location(app, root, lock_path)
     endpoint, token = _hub_access(app)
@@ -214,6 +252,10 @@ def pull(ctx: click.Context, repo: str | None, file: str | None, quant: str | No
 
     target = PullTarget(models_dir=root, lock_file=lock_file, endpoint=endpoint, token=token)
     reporter = _reporter(display)
+    if lock_stdin:
+        if not locked:
+            raise UsageError("--lock-stdin goes with --locked")
+        _replace_lock_from_stdin(lock_file)
     if locked:
         if file or quant:
             raise UsageError("--locked pulls what the lock lists; give at most REPO")
@@ -248,6 +290,67 @@ def pull(ctx: click.Context, repo: str | None, file: str | None, quant: str | No
                    f"({len(result['files'])} file{'s' if len(result['files']) > 1 else ''}, "
                    f"{_size(result['size'])}) -> {Path(result['files'][0]['local_path']).parent}")
     click.echo(f"pinned in {lock_file}" if not locked else f"matches {lock_file}")
+
+
+MAX_LOCK_BYTES = 4 << 20  # a lock lists files by name and hash: megabytes is not a lock
+
+
+def _lock_to_send(app: AppContext, lock_path: Path | None) -> bytes:
+    """The controller's models.lock, checked before any host sees it."""
+    from hlctl.models.lock import read_lock
+
+    lock_file = lock_location(app, _models_dir(app, None), lock_path)
+    lock = read_lock(lock_file)
+    if not lock.models:
+        raise UsageError(f"{lock_file} lists no models: nothing for the hosts to hold",
+                         hint="pull a model here first, or pass --lock PATH")
+    return lock_file.read_bytes()
+
+
+def _replace_lock_from_stdin(lock_file: Path) -> None:
+    """(On a host) the controller's lock from stdin replaces this host's, atomically."""
+    import yaml
+
+    from hlctl.errors import ConfigError
+    from hlctl.models.lock import from_data, write_lock
+
+    raw = click.get_binary_stream("stdin").read(MAX_LOCK_BYTES + 1)
+    if len(raw) > MAX_LOCK_BYTES:
+        raise ConfigError(f"the lock on stdin is larger than {MAX_LOCK_BYTES} bytes")
+    try:
+        data = yaml.safe_load(raw.decode())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"the lock on stdin is not valid YAML: {exc}") from None
+    write_lock(lock_file, from_data(data, Path("<stdin>")))
+
+
+def _pull_on_hosts(hosts: list[Any], argv: list[str], stdin: bytes | None,
+                   timeout: float | None, as_json: bool) -> None:
+    import math
+    from dataclasses import asdict
+
+    from hlctl.fleet.report import pull_exit_code, pull_from_run
+    from hlctl.fleet.transport import run_on_hosts
+
+    if not as_json:
+        click.echo(f"pulling on {len(hosts)} host(s): {', '.join(h.name for h in hosts)}",
+                   err=True)
+    runs = run_on_hosts(hosts, argv, timeout_s=timeout if timeout else math.inf, stdin=stdin)
+    results = [pull_from_run(run) for run in runs]
+    if as_json:
+        print_json({"schema": "hlctl.fleet-pull/1", "hosts": [asdict(r) for r in results]})
+    else:
+        from rich.table import Table
+
+        table = Table(pad_edge=False)
+        for column in ("host", "result", "models", "files", "downloaded", "time"):
+            table.add_column(column)
+        for r in results:
+            table.add_row(r.host, "[green]ok[/]" if r.ok else f"[red]failed[/]: {r.error}",
+                          str(r.models), str(r.files), _size(r.downloaded_bytes),
+                          f"{r.seconds:.1f}s")
+        console().print(table)
+    raise click.exceptions.Exit(pull_exit_code(results))
 
 
 def _reporter(display: _ProgressDisplay) -> Any:
