@@ -13,6 +13,7 @@ nothing else: the image's /app/llama-server -> the built binary, /models -> the 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import openai
@@ -113,6 +115,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         # The router as compose runs it: its environment and command from compose.yaml.
         router = resolve_service(compose, "router", env)
+        # The host's health dir appears inside the router's state dir (a read-only bind
+        # mount over the state volume in compose; a symlink here), with a fresh OK result.
+        host_health = tmp / "host-health"
+        host_health.mkdir()
+        (host_health / "last.json").write_text(json.dumps({
+            "schema": "hlctl.health/1", "state": "OK", "exit_code": 0, "checks": [],
+            "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}))
+        mounts = {target: source for source, target, _ in router.mounts}
+        assert mounts["/var/lib/hlctl/health"] == env["HLCTL_HEALTH_DIR"]
+        (tmp / "state").mkdir()
+        (tmp / "state" / "health").symlink_to(host_health)
         config = tmp / "hlctl.yaml"
         config.write_text(
             "router:\n"
@@ -167,6 +180,11 @@ def test_chat_completion_through_llama_server_and_the_router(stack: Stack) -> No
     answer = raw.parse()
     assert answer.choices[0].message.content
     assert answer.usage is not None and answer.usage.completion_tokens > 0
+    with urllib.request.urlopen(stack.router_url.removesuffix("/v1") + "/health",
+                                timeout=5) as response:
+        health = json.load(response)
+    # The router read the host's health result where compose mounts it.
+    assert health["local_gpu_health"]["state"] == "ok"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=stack.router_url, api_key="wrong", max_retries=0).models.list()
 
