@@ -105,3 +105,13 @@ def test_write_env_is_0600_atomic_and_idempotent(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == [".env"]  # no temp file left
     with pytest.raises(ConfigError, match="quote or newline"):
         write_env(path, {"A": "it's"})
+
+
+@pytest.mark.parametrize("repo", ["hlctl/llama:latest", "a@sha256:00", "with space/x", ""])
+def test_image_repo_takes_no_tag_or_digest(repo: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        StackSettings(image_repo=repo)
+    assert StackSettings(image_repo="registry.lan:5000/ml/llama-server").image().startswith(
+        "registry.lan:5000/ml/llama-server:b11434-")

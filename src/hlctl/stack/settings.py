@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 if TYPE_CHECKING:
     from hlctl.config import LabConfig
 
-_IMAGE_REPO = re.compile(r"^[a-z0-9]+(?:[._/:-][a-z0-9]+)*$")  # registry[:port]/path, no tag
+# [registry[:port]/]path, lower case, no tag and no digest
+_IMAGE_REPO = re.compile(r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:(?:[._-]|__|/)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CUDA = re.compile(r"^\d+\.\d+\.\d+$")
