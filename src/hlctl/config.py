@@ -26,6 +26,7 @@ from hlctl.errors import ConfigError
 from hlctl.provision.settings import ProxmoxSettings, VmSettings
 from hlctl.router.config import RouterSettings
 from hlctl.secret import SecretRef
+from hlctl.stack.settings import StackSettings
 from hlctl.yamlfile import read_yaml_file
 
 __all__ = ["ConfigError", "LabConfig", "SecretRef", "load_config"]
@@ -119,6 +120,7 @@ class LabConfig(_Strict):
     health: HealthThresholds = HealthThresholds()
     alerts: Alerts = Alerts()
     router: RouterSettings = RouterSettings()
+    stack: StackSettings = StackSettings()
     proxmox: ProxmoxSettings | None = None
     vms: dict[str, VmSettings] = {}
 

@@ -18,7 +18,7 @@ from hlctl.stack.envfile import (
     write_env,
 )
 from hlctl.stack.interpolate import llama_command, load_compose, parse_env_text
-from hlctl.stack.settings import StackSettings, stack_settings_from_lab
+from hlctl.stack.settings import StackSettings
 from tests.fixtures.compose_env import GEMMA_FILE, GEMMA_REPO, gemma_lock, settings, two_model_lock
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,14 +85,12 @@ def test_image_tag_and_digest(tmp_path: Path) -> None:
 
 
 def test_settings_errors_have_key_paths() -> None:
-    class Lab:
-        def __init__(self) -> None:
-            self.model_extra = {"stack": {"cuda_version": "12", "n_gpu_layers": -1}}
+    from hlctl.config import build_config
 
     with pytest.raises(ConfigError) as info:
-        stack_settings_from_lab(Lab())
-    assert info.value.problems[0].startswith("stack.cuda_version:")
-    assert stack_settings_from_lab(object()) == StackSettings()
+        build_config({"stack": {"cuda_version": "12", "n_gpu_layers": -1}})
+    assert any(p.startswith("stack.cuda_version:") for p in info.value.problems)
+    assert build_config({}).stack == StackSettings()
 
 
 def test_write_env_is_0600_atomic_and_idempotent(tmp_path: Path) -> None:

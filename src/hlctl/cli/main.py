@@ -28,6 +28,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "usage": ("hlctl.cli.usage:usage", "Router tokens and cost, local against cloud."),
     "economics": ("hlctl.cli.economics:economics",
                   "Break-even: your own GPU against a cloud API."),
+    "up": ("hlctl.cli.stack:up", "Start llama-server and the router, here or on inventory hosts."),
+    "down": ("hlctl.cli.stack:down", "Stop the llama-server + router stack, here or on hosts."),
+    "restart": ("hlctl.cli.stack:restart", "Recreate the stack's containers, here or on hosts."),
+    "logs": ("hlctl.cli.stack:logs", "Print the logs of llama-server or the router."),
 }
 
 

@@ -29,9 +29,7 @@ _PROJECT = click.option("--project-dir", type=click.Path(path_type=Path, file_ok
 
 
 def _settings(app: AppContext, project_dir: Path | None = None) -> Any:
-    from hlctl.stack.settings import stack_settings_from_lab
-
-    settings = stack_settings_from_lab(app.config, app.environ)
+    settings = app.config.stack
     if project_dir is not None:
         settings = settings.model_copy(update={"project_dir": project_dir})
     return settings

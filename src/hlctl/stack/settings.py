@@ -1,21 +1,20 @@
 """The ``stack`` section of the lab config: what `hlctl up` runs on a GPU host.
 
-Read by `hlctl up|down|restart|logs` and by the llm_stack role (which gets the lab config as
-``hlctl_lab_config``). Until LabConfig types the section, ``stack_settings_from_lab`` reads it
-from the config's extra keys; a missing section means the defaults.
+Read by `hlctl up|down|restart|logs` (as ``LabConfig.stack``, with the usual HLCTL_STACK__*
+precedence) and by the llm_stack role (which gets the lab config as ``hlctl_lab_config``);
+a missing section means the defaults.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
-    from hlctl.config import LabConfig
+    pass
 
 # [registry[:port]/]path, lower case, no tag and no digest
 _IMAGE_REPO = re.compile(r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:(?:[._-]|__|/)[a-z0-9]+)*$")
@@ -138,51 +137,3 @@ class StackSettings(_Strict):
     @property
     def effective_secrets_dir(self) -> Path:
         return self.secrets_dir or self.project_dir / "secrets"
-
-
-def _env_section(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``HLCTL_STACK__TIMEOUTS__UP_S=60`` -> {"timeouts": {"up_s": "60"}} (pydantic coerces)."""
-    tree: dict[str, Any] = {}
-    for name, value in sorted(environ.items()):
-        if not name.startswith("HLCTL_STACK__"):
-            continue
-        path = [p.lower() for p in name[len("HLCTL_STACK__"):].split("__") if p]
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        if path and isinstance(node, dict):
-            node[path[-1]] = value
-    return tree
-
-
-def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = (_merged(out[key], value) if isinstance(value, Mapping)
-                    and isinstance(out.get(key), Mapping) else value)
-    return out
-
-
-def stack_settings_from_lab(config: LabConfig | Any,
-                            environ: Mapping[str, str] | None = None) -> StackSettings:
-    """The stack section of a loaded lab config (typed or still an extra key), validated.
-
-    Until LabConfig has the section (and its HLCTL_* env precedence with it), the
-    ``HLCTL_STACK__*`` variables of ``environ`` are applied here.
-    """
-    section = getattr(config, "stack", None)
-    if isinstance(section, StackSettings):
-        return section
-    if section is None:
-        section = (getattr(config, "model_extra", None) or {}).get("stack")
-    data = _merged(section or {}, _env_section(environ or {}))
-    try:
-        return StackSettings.model_validate(data)
-    except ValidationError as exc:
-        from hlctl.config import describe_errors
-        from hlctl.errors import ConfigError
-
-        problems = [f"stack.{p}" for p in describe_errors(exc)]
-        count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
-        raise ConfigError(f"{count}: {problems[0]}" + (" ..." if len(problems) > 1 else ""),
-                          problems=problems, hint="see hlctl.example.yaml") from None
