@@ -177,10 +177,11 @@ def status(app: AppContext, hosts: tuple[str, ...], all_hosts: bool, as_json: bo
       hlctl status --all
       hlctl status gpu01 gpu02 --json --timeout 5
     """
-    from hlctl.fleet.report import fleet_selection
+    if hosts or all_hosts:
+        from hlctl.fleet.report import fleet_selection
 
-    selected = fleet_selection(app.environ, inventory_path, hosts, all_hosts)
-    if selected is not None:
+        selected = fleet_selection(app.environ, inventory_path, hosts, all_hosts)
+        assert selected is not None
         _fleet(app, selected, timeout, as_json)
         return
     from hlctl.cli.models_pull import lock_location
