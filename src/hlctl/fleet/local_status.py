@@ -245,11 +245,15 @@ def router_today(state_dir: Path, now: datetime) -> RouterToday:
     """Today's (UTC) requests and cloud cost from the router ledger; no ledger is zero."""
     from datetime import UTC, timedelta
 
-    from hlctl.errors import HlctlError
     from hlctl.router.ledger import LEDGER_FILE
-    from hlctl.router.usage import Period, read_aggregates
 
     ledger = state_dir / LEDGER_FILE
+    if not ledger.exists():
+        # A host without the router: nothing served, and no need to load the usage module.
+        return RouterToday(str(ledger), 0, 0, 0, 0.0)
+    from hlctl.errors import HlctlError
+    from hlctl.router.usage import Period, read_aggregates
+
     start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     try:
         rows = read_aggregates(ledger, Period(start, start + timedelta(days=1), "today"),
