@@ -8,6 +8,7 @@ streaming (50 chunks) and not. The stub answers at once, so what is measured is 
     .venv/bin/python bench/router.py --no-litellm    # hlctl and direct only
     .venv/bin/python bench/router.py --json out.json --seconds 5
     .venv/bin/python bench/router.py --frameworks    # + bare aiohttp.web / Starlette proxies
+    .venv/bin/python bench/router.py --repeats 7 --latency-only --baseline /tmp/base
 
 LiteLLM lives in its own venv (``~/.cache/hlctl-bench/litellm-venv``, ``litellm[proxy]``
 from PyPI) so it never enters hlctl's environment.
@@ -181,8 +182,10 @@ def litellm_version() -> str:
 
 
 class Servers:
-    def __init__(self, with_litellm: bool, frameworks: bool = False) -> None:
+    def __init__(self, with_litellm: bool, frameworks: bool = False,
+                 baseline: Path | None = None) -> None:
         self.frameworks = frameworks
+        self.baseline = baseline
         self.procs: list[subprocess.Popen[bytes]] = []
         self.tmp = tempfile.TemporaryDirectory(prefix="hlctl-bench-")
         self.with_litellm = with_litellm
@@ -206,6 +209,17 @@ class Servers:
         auth = {"Authorization": f"Bearer {BENCH_KEY}"}
         wait_http(f"http://127.0.0.1:{hl}/health", 30)
         self.targets["hlctl"] = (f"http://127.0.0.1:{hl}/v1/chat/completions", auth)
+        if self.baseline is not None:
+            # Another checkout's router (e.g. `git worktree add /tmp/base HEAD~1`), measured
+            # in the same rounds, so a change is compared under the same load.
+            base = free_port()
+            src = self.baseline.resolve()
+            self._spawn([sys.executable, str(src / "bench" / "router.py"), "_serve_hlctl",
+                         str(base), f"http://127.0.0.1:{stub}",
+                         tempfile.mkdtemp(dir=self.tmp.name)],
+                        env={"PYTHONPATH": f"{src / 'src'}{os.pathsep}{src}"}, log="base")
+            wait_http(f"http://127.0.0.1:{base}/health", 30)
+            self.targets["hlctl-base"] = (f"http://127.0.0.1:{base}/v1/chat/completions", auth)
         if self.frameworks:
             peer_python = ensure_litellm().parent / "python"  # has starlette and uvicorn
             for name, python in (("aiohttp", sys.executable), ("starlette", str(peer_python))):
@@ -364,7 +378,8 @@ def report(results: list[Result]) -> dict[str, Any]:
     print(f"\n{'':22}{'req/s @64':>11}{'added p50':>11}{'added p99':>11}{'vs litellm':>12}")
     for stream in (False, True):
         direct = by[("direct", stream)]
-        for name in ("direct", "bare-aiohttp", "bare-starlette", "hlctl", "litellm"):
+        for name in ("direct", "bare-aiohttp", "bare-starlette", "hlctl-base", "hlctl",
+                     "litellm"):
             r = by.get((name, stream))
             if r is None:
                 continue
@@ -412,9 +427,12 @@ def main() -> int:
                         help="1-client latency rounds per target, interleaved; medians reported")
     parser.add_argument("--latency-only", action="store_true",
                         help="skip the 64-client throughput runs")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also measure the router of another checkout (hlctl-base)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    servers = Servers(with_litellm=not args.no_litellm, frameworks=args.frameworks)
+    servers = Servers(with_litellm=not args.no_litellm, frameworks=args.frameworks,
+                      baseline=args.baseline)
     try:
         servers.start()
         print(f"cores: {os.cpu_count()}; litellm "

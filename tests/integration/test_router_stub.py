@@ -271,3 +271,22 @@ def test_recorded_llama_transcripts_replay(hl: RunningRouter, local, transcript:
     row = hl.ledger_rows(wait_for=1)[0]
     assert row["status"] == 200 and row["predicted_ms"] > 0
     assert row["tokens_estimated"] == (0 if usage_in_ledger else 1)
+
+
+def test_silence_after_first_chunk_ends_with_inband_error(local, tmp_path: Path) -> None:
+    """stream_idle_s bounds each wait after the first chunk (the router's own timer)."""
+    local[0].behavior.chunk_delay_s = 2
+    settings = router_settings([local[1].url], None,
+                               timeouts={"first_chunk_s": 5, "stream_idle_s": 0.3})
+    with running_router(settings, tmp_path) as hl:
+        received = []
+        started = time.monotonic()
+        with pytest.raises(openai.APIError) as info:
+            for chunk in client(hl).chat.completions.create(model="auto", messages=MESSAGES,
+                                                            stream=True):
+                received.append(chunk)
+        assert time.monotonic() - started < 1.5
+        assert "idle-timeout" in str(info.value)
+        assert len(received) == 1
+        row = hl.ledger_rows(wait_for=1)[0]
+        assert row["status"] == 502 and row["reason"].endswith(";idle-timeout")

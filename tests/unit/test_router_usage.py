@@ -167,3 +167,14 @@ def test_economics_without_cloud_prices(tmp_path: Path, monkeypatch: pytest.Monk
     config.write_text("router: {}\n")
     code, _, err = run(config, "economics", monkeypatch=monkeypatch)
     assert code == 2 and "give --input-price" in err
+
+
+def test_budget_starts_again_each_month(tmp_path: Path) -> None:
+    clock = {"now": datetime(2026, 12, 31, 23, 59, tzinfo=UTC)}
+    ledger = Ledger(tmp_path / LEDGER_FILE, clock=lambda: clock["now"])
+    ledger.record(row(clock["now"], "cloud", 1, 1, 4.0))
+    assert ledger.budget(5.0).spent_usd == 4.0
+    clock["now"] = datetime(2027, 1, 1, 0, 0, 1, tzinfo=UTC)
+    assert ledger.budget(5.0).spent_usd == 0.0
+    ledger.record(row(clock["now"], "cloud", 1, 1, 2.0))
+    assert ledger.budget(5.0).spent_usd == 2.0

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions",
                               "embeddings": "/embeddings"}
 _TRUE = ("1", "true", "yes", "on")
+_INCLUDE_USAGE = b', "stream_options": {"include_usage": true}}'
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,32 @@ def prompt_text(body: Mapping[str, Any], endpoint: Endpoint) -> str:
     if isinstance(field, list):
         return "\n".join(p for p in field if isinstance(p, str))
     return ""
+
+
+def upstream_body(body: Mapping[str, Any], raw: bytes, model: str | None, stream: bool,
+                  include_usage: bool) -> bytes:
+    """The bytes sent upstream: the client's, with the model and usage request set.
+
+    ``raw`` is what the client sent and ``body`` its parse (a JSON object).
+    """
+    changes: dict[str, Any] = {}
+    if model is not None and body.get("model") != model:
+        changes["model"] = model
+    if stream and not include_usage:
+        # Ask for usage always, so the ledger has real counts; the extra chunk is
+        # dropped before it reaches a client that did not ask for it.
+        if "stream_options" not in body and not changes:
+            # The common case: splice the key into the client's bytes instead of
+            # serialising the whole body again (a long prompt makes that costly). The
+            # body parsed as an object with "stream" in it and without this key, so it
+            # ends in "}", is not empty, and gets no duplicate key.
+            return raw[:raw.rstrip().rfind(b"}")] + _INCLUDE_USAGE
+        options = body.get("stream_options")
+        changes["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                     "include_usage": True}
+    if not changes:
+        return raw
+    return json.dumps({**body, **changes}).encode()
 
 
 class Router:
@@ -328,18 +355,7 @@ class _Exchange:
     def _payload(self, backend: Backend, decision: RouteDecision) -> bytes:
         model = backend.model if backend.kind == "cloud" else (decision.upstream_model
                                                               or backend.model)
-        changes: dict[str, Any] = {}
-        if model is not None and self.body.get("model") != model:
-            changes["model"] = model
-        if self.stream and not self.include_usage:
-            # Ask for usage always, so the ledger has real counts; the extra chunk is
-            # dropped before it reaches a client that did not ask for it.
-            options = self.body.get("stream_options")
-            changes["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                         "include_usage": True}
-        if not changes:
-            return self.raw
-        return json.dumps({**self.body, **changes}).encode()
+        return upstream_body(self.body, self.raw, model, self.stream, self.include_usage)
 
     async def _attempt(self, decision: RouteDecision, backend: Backend,
                        outcome: Outcome) -> web.StreamResponse:

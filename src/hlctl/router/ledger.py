@@ -85,6 +85,10 @@ def month_start(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+def next_month_start(month: datetime) -> datetime:
+    return month.replace(year=month.year + month.month // 12, month=month.month % 12 + 1)
+
+
 def cloud_spent_since(db: sqlite3.Connection, since: datetime) -> float:
     row = db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM requests "
                      "WHERE route = 'cloud' AND ts >= ?", (since.timestamp(),)).fetchone()
@@ -103,6 +107,7 @@ class Ledger:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._month = month_start(clock())
+        self._next_month = next_month_start(self._month)
         self._cloud_spent = 0.0
         self.written = 0
         self.write_errors = 0
@@ -126,9 +131,12 @@ class Ledger:
         self._queue.put(row)
 
     def budget(self, limit_usd: float | None) -> Budget:
-        current = month_start(self.clock())
-        if current > self._month:
-            self._month, self._cloud_spent = current, 0.0
+        now = self.clock()
+        if now >= self._next_month:  # per request: one compare, not a calendar sum
+            current = month_start(now)
+            if current > self._month:
+                self._month, self._cloud_spent = current, 0.0
+            self._next_month = next_month_start(self._month)
         return Budget(limit_usd, self._cloud_spent)
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ the stream with an in-band ``data: {"error": ...}`` frame and no ``[DONE]``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,20 @@ from hlctl.router.upstreams import Backend
 
 # Byte strings that make an SSE batch worth parsing event by event.
 _MARKS = (b'"usage"', b'"timings"', b'"error"', b"[DONE]", b"error:")
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}
+
+
+class SseResponse(web.StreamResponse):
+    """A stream whose status and headers leave in the same write as its first frames.
+
+    aiohttp's StreamResponse sends its headers in a write of their own at ``prepare()``;
+    web.Response opts out of that with this class attribute, and so do we: the headers are
+    only committed once the first chunk is in hand anyway, so one socket write carries both
+    (a write to a loopback or LAN socket costs more than all the router's Python per chunk).
+    """
+
+    _send_headers_immediately = False
 
 
 class UpstreamFailure(Exception):
@@ -63,8 +77,10 @@ def _failure_for_status(status: int, backend: Backend) -> UpstreamFailure | None
     return None
 
 
+@functools.lru_cache(maxsize=16)
 def _timeout(connect_s: float, total_s: float | None = None,
              sock_read_s: float | None = None) -> aiohttp.ClientTimeout:
+    # The settings are fixed for the router's life: build each (frozen) timeout once.
     return aiohttp.ClientTimeout(total=total_s, connect=connect_s, sock_read=sock_read_s)
 
 
@@ -86,10 +102,14 @@ async def post_json(session: aiohttp.ClientSession, backend: Backend, path: str,
     return status, raw
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 def _headers(backend: Backend) -> dict[str, str]:
+    # aiohttp copies what it is given into the request's own headers: sharing is safe.
     if backend.headers:
-        return {"Content-Type": "application/json", **backend.headers}
-    return {"Content-Type": "application/json"}
+        return {**_JSON_HEADERS, **backend.headers}
+    return _JSON_HEADERS
 
 
 class StreamRelay:
@@ -115,8 +135,7 @@ class StreamRelay:
             async with asyncio.timeout(self.first_chunk_s):
                 resp, reader, first, rest = await self._open(session, path, data)
             received = time.perf_counter()
-            stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
-            stream.content_type = "text/event-stream"
+            stream = SseResponse(status=200, headers={**SSE_HEADERS, **headers})
             out.overhead_s += time.perf_counter() - received
             stream.headers["X-HL-Overhead-Ms"] = f"{(out.overhead_s) * 1000:.3f}"
             await stream.prepare(self.request)
@@ -137,6 +156,8 @@ class StreamRelay:
     async def _open(self, session: aiohttp.ClientSession, path: str,
                     data: bytes) -> tuple[aiohttp.ClientResponse, SseReader, bytes, list[bytes]]:
         try:
+            # sock_read bounds each silence of the stream (stream_idle_s); the first-chunk
+            # deadline bounds the wait for the headers and the first chunk.
             resp = await session.post(self.backend.base + path, data=data,
                                       headers=_headers(self.backend),
                                       timeout=_timeout(self.connect_s, None, self.idle_s))
@@ -259,7 +280,9 @@ class StreamRelay:
             frames.append(b"data: " + chunk + b"\n\n")
         ended = self._frames(b"".join(e + b"\n\n" for e in rest), frames) if rest else False
         try:
-            while True:
+            # The frames of the read that ends the stream go out with the end itself (one
+            # write for the tail, the [DONE] and the chunked terminator).
+            while not ended:
                 if frames:
                     try:
                         await stream.write(b"".join(frames))
@@ -267,8 +290,6 @@ class StreamRelay:
                         out.client_gone = True
                         return
                     frames = []
-                if ended:
-                    break
                 raw = await reader.batch()
                 if raw is None:
                     out.cut = "stream-cut"
@@ -280,10 +301,10 @@ class StreamRelay:
             out.cut = f"stream-cut:{type(exc).__name__}"
         try:
             if out.cut is not None and out.cut != "in-band-error":
-                await stream.write(error_frame(
+                frames.append(error_frame(
                     f"the {self.backend.kind} upstream stopped mid-stream ({out.cut})",
                     "stream_cut"))
-            await stream.write_eof()
+            await stream.write_eof(b"".join(frames))
         except (ConnectionResetError, aiohttp.ClientError, OSError):
             out.client_gone = True
 
