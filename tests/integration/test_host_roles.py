@@ -134,10 +134,14 @@ def _provision(tmp_path: Path, inventory: Path, *args: str,
     """`hlctl provision --only host` as a user runs it: the console script, a lab config file,
     an inventory; hlctl finds playbooks/ and roles/ in this checkout and runs gpu_host.yml."""
     config = tmp_path / "hlctl.yaml"
-    config.write_text(yaml.safe_dump(LAB_CONFIG))
+    # The controller's own state dir (the hosts get theirs from the hlctl_agent role).
+    config.write_text(yaml.safe_dump({**LAB_CONFIG,
+                                      "state_dir": str(tmp_path / "controller-state")}))
     bindir = Path(sys.executable).parent
+    # No --wheel: hlctl builds the agent's wheel from this checkout (into its state dir).
     env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
            "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_PIPELINING": "True"}
+    env.pop("HLCTL_WHEEL", None)
     return subprocess.run([str(bindir / "hlctl"), "--config", str(config),
                            *(["-v"] if verbose else []),
                            "provision", "--only", "host", "-i", str(inventory), *args],
@@ -155,7 +159,7 @@ def test_gpu_host_playbook_converges_then_changes_nothing(
         tmp_path: Path, root: DebianRoot, repos: tuple[fake.FakeRepos, str],
         wheelhouse: tuple[Path, Path]) -> None:
     """`hlctl provision --only host`: playbooks/gpu_host.yml, all six roles in order, through
-    the chroot connection, with the hlctl wheel built from this checkout as the agent."""
+    the chroot connection, with the hlctl wheel that hlctl builds from this checkout."""
     root.mount_for_chroot()
     # An existing mount at the models directory is used as it is.
     root.mount("-t", "tmpfs", "-o", "size=16m", "models", at="/srv/models")
@@ -178,6 +182,7 @@ def test_gpu_host_playbook_converges_then_changes_nothing(
     row = [line.split() for line in first.stdout.splitlines()
            if line.strip().startswith("gpu01 ")][-1]
     assert row[3] == "0" and row[4] == "0" and int(row[2]) > 10, row  # failed, unreach, changed
+    assert list((tmp_path / "controller-state" / "build" / "wheel").glob("hlctl-*.whl"))
     second = _summary(_provision(tmp_path, inventory, "--json"))
     assert second["changed"] == 0 and second["failed"] == 0, second
     # A dry run on the converged host: nothing to change, and nothing fails.

@@ -100,19 +100,80 @@ def _vm_run(app: AppContext, config: ProvisionConfig, inventory: Inventory,
                        verbose=app.verbose)
 
 
+def _host_runs(app: AppContext, inventory: Inventory, selected: list[InventoryHost],
+               ansible_dir: Path, only: str | None, wheel_path: Path | None, check: bool,
+               diff: bool) -> list[PlaybookRun]:
+    """gpu_host.yml (unless --only stack) and stack.yml (unless --only host), with the lab
+    config, the hlctl wheel and, for the stack, the router's secrets as extra vars (0600 file)."""
+    from hlctl.config import find_config_file, read_config_file
+    from hlctl.errors import ConfigError, HlctlError, UsageError
+    from hlctl.provision.runner import PlaybookRun
+    from hlctl.provision.stack_vars import stack_vars
+    from hlctl.provision.wheel import build_wheel, find_wheel, source_checkout
+    from hlctl.secret import SecretRef
+
+    names = (["gpu_host.yml"] if only in (None, "host") else []) + \
+        (["stack.yml"] if only in (None, "stack") else [])
+    for name in names:
+        if not (ansible_dir / "playbooks" / name).is_file():
+            raise HlctlError(f"{ansible_dir / 'playbooks' / name} is missing: the host roles "
+                             "are not installed here", hint="use --only vm, or update hlctl")
+    # The hosts get the lab config as written (secrets stay {env:}/{file:} references, the
+    # router's pointing at the container's /run/secrets); the hlctl_agent role drops the
+    # controller-only sections and validates the rest.
+    source = find_config_file(app.config_path, app.environ)
+    lab_config = read_config_file(source) if source is not None else {}
+
+    def reveal(ref: Mapping[str, Any], where: str) -> str:
+        try:
+            return SecretRef.model_validate(dict(ref)).reveal(app.environ)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+
+    app.config  # noqa: B018 - validate the whole lab config before reading its secrets
+
+    host_vars = stack_vars(lab_config, reveal if "stack.yml" in names else None)
+    wheel = find_wheel(wheel_path, app.environ)
+    checkout = source_checkout()
+    if wheel is None and checkout is not None:
+        wheel = build_wheel(checkout, app.state_dir / "build" / "wheel")
+    if wheel is None and "stack.yml" in names:
+        raise UsageError("the router image installs hlctl from a wheel: pass --wheel",
+                         hint="pip wheel --no-deps -w dist hlctl")
+    common: dict[str, Any] = {"hlctl_lab_config": host_vars.host_lab_config}
+    if wheel is not None:
+        common |= {"hlctl_agent_package_file": str(wheel), "hlctl_wheel": str(wheel)}
+    runs = []
+    for name in names:
+        extra = dict(common)
+        if name == "stack.yml":
+            extra["hlctl_stack_secrets"] = host_vars.secret_files
+        runs.append(PlaybookRun(playbook=ansible_dir / "playbooks" / name,
+                                inventory=inventory.path,
+                                limit=tuple(h.name for h in selected), check=check, diff=diff,
+                                extra_vars=extra, verbose=app.verbose))
+    return runs
+
+
 @click.command()
 @click.argument("hosts", nargs=-1)
 @click.option("--check", is_flag=True, help="Dry run: report what would change, change nothing.")
 @click.option("--diff", is_flag=True, help="Show the differences Ansible applies.")
-@click.option("--only", type=click.Choice(["vm", "host"]),
-              help="vm: only create/update the VMs on Proxmox; host: only configure the hosts.")
+@click.option("--only", type=click.Choice(["vm", "host", "stack"]),
+              help="vm: only create/update the VMs on Proxmox; host: only configure the hosts "
+                   "(driver, Docker, storage, agent, health timer); stack: only build and start "
+                   "llama-server and the router (playbooks/stack.yml).")
+@click.option("--wheel", "wheel_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The hlctl wheel the hosts install (default: $HLCTL_WHEEL, or one built from "
+                   "this source checkout).")
 @click.option("-i", "--inventory", "inventory_path", type=click.Path(path_type=Path),
               help="Inventory (default: $HLCTL_INVENTORY or ./inventory/hosts.yml).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON summary (schema hlctl.provision/1), no progress.")
 @click.pass_obj
 def provision(app: AppContext, hosts: tuple[str, ...], check: bool, diff: bool,
-              only: str | None, inventory_path: Path | None, as_json: bool) -> None:
+              only: str | None, wheel_path: Path | None, inventory_path: Path | None,
+              as_json: bool) -> None:
     """Create the GPU VMs on Proxmox and configure them (idempotent).
 
     HOST names inventory hosts or groups (default: the gpu_hosts group). Preflight checks
@@ -120,14 +181,13 @@ def provision(app: AppContext, hosts: tuple[str, ...], check: bool, diff: bool,
 
     \b
     Examples:
-      hlctl provision gpu01             VM, then driver, Docker, storage, agent
+      hlctl provision gpu01             VM, then driver, Docker, storage, agent, stack
       hlctl provision --only vm --check what would change on Proxmox
       hlctl provision -v gpu01          with Ansible's own output
     """
-    from hlctl.config import find_config_file, read_config_file
-    from hlctl.errors import ExitStatus, HlctlError, UsageError
+    from hlctl.errors import ExitStatus, UsageError
     from hlctl.inventory import find_inventory, load_inventory
-    from hlctl.provision.runner import PlaybookRun, find_ansible_dir, run_playbook
+    from hlctl.provision.runner import find_ansible_dir, run_playbook
     from hlctl.provision.settings import load_provision_config
 
     inventory = load_inventory(find_inventory(inventory_path, app.environ))
@@ -144,19 +204,8 @@ def provision(app: AppContext, hosts: tuple[str, ...], check: bool, diff: bool,
         elif only == "vm":
             raise UsageError("no host has a VM in the lab config (vms:)",
                              hint="see hlctl.example.yaml")
-    if only in (None, "host"):
-        playbook = ansible_dir / "playbooks" / "gpu_host.yml"
-        if not playbook.is_file():
-            raise HlctlError(f"{playbook} is missing: the host roles are not installed here",
-                             hint="use --only vm, or update hlctl")
-        # The hosts get the lab config as written (secrets stay {env:}/{file:} references);
-        # the hlctl_agent role drops the controller-only sections and validates the rest.
-        source = find_config_file(app.config_path, app.environ)
-        lab_config = read_config_file(source) if source is not None else {}
-        runs.append(PlaybookRun(playbook=playbook, inventory=inventory.path,
-                                limit=tuple(h.name for h in selected), check=check, diff=diff,
-                                extra_vars={"hlctl_lab_config": lab_config},
-                                verbose=app.verbose))
+    if only in (None, "host", "stack"):
+        runs += _host_runs(app, inventory, selected, ansible_dir, only, wheel_path, check, diff)
     results: list[RunResult] = []
     for run in runs:
         if not as_json and not app.verbose:
