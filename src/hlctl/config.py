@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from hlctl.errors import ConfigError
+from hlctl.fleet.settings import FleetSettings
 from hlctl.provision.settings import ProxmoxSettings, VmSettings
 from hlctl.router.config import RouterSettings
 from hlctl.secret import SecretRef
@@ -121,6 +122,7 @@ class LabConfig(_Strict):
     alerts: Alerts = Alerts()
     router: RouterSettings = RouterSettings()
     stack: StackSettings = StackSettings()
+    fleet: FleetSettings = FleetSettings()
     proxmox: ProxmoxSettings | None = None
     vms: dict[str, VmSettings] = {}
 

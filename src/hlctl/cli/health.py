@@ -117,10 +117,9 @@ def _fleet(app: AppContext, hosts: list[InventoryHost], timeout: float | None,
     from dataclasses import asdict
 
     from hlctl.fleet.report import health_from_run, worst_exit_code
-    from hlctl.fleet.settings import fleet_settings
     from hlctl.fleet.transport import run_on_hosts
 
-    timeout_s = timeout if timeout is not None else fleet_settings(app.config).timeout_s
+    timeout_s = timeout if timeout is not None else app.config.fleet.timeout_s
     results = [health_from_run(run) for run in
                run_on_hosts(hosts, ["hlctl", "health", "--json"], timeout_s=timeout_s)]
     worst = worst_exit_code(r.exit_code for r in results)

@@ -134,10 +134,9 @@ def _fleet_table(rows: list[FleetRow]) -> None:
 def _fleet(app: AppContext, hosts: list[InventoryHost], timeout: float | None,
            as_json: bool) -> None:
     from hlctl.fleet.report import fleet_status_json, row_from_run, status_exit_code
-    from hlctl.fleet.settings import fleet_settings
     from hlctl.fleet.transport import run_on_hosts
 
-    timeout_s = timeout if timeout is not None else fleet_settings(app.config).timeout_s
+    timeout_s = timeout if timeout is not None else app.config.fleet.timeout_s
     runs = run_on_hosts(hosts, ["hlctl", "status", "--json"], timeout_s=timeout_s)
     rows = [row_from_run(run) for run in runs]
     if as_json:
@@ -194,7 +193,6 @@ def status(app: AppContext, hosts: tuple[str, ...], all_hosts: bool, as_json: bo
         router_today,
         scan_models,
     )
-    from hlctl.fleet.settings import fleet_settings
     from hlctl.gpu.check import read_last_result
     from hlctl.gpu.nvml import kernel_xids_for_peek, read_snapshot
 
@@ -220,7 +218,7 @@ def status(app: AppContext, hosts: tuple[str, ...], all_hosts: bool, as_json: bo
         config_source=source, config_error=config_error, models_dir=config.models_dir,
         docker_probe=lambda: probe_engine(app.environ),
         last_health=last,
-        health=health_summary(last, now, fleet_settings(config).stale_after_s),
+        health=health_summary(last, now, config.fleet.stale_after_s),
         models=scan_models(config.models_dir, lock),
         router=router_today(config.state_dir, now))
     if as_json:

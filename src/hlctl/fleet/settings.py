@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -15,9 +13,3 @@ class FleetSettings(BaseModel):
     stale_after_s: float = Field(180, gt=0, description=(
         "a recorded health result older than this is stale: 3x the health timer's "
         "interval (OnCalendar=minutely)"))
-
-
-def fleet_settings(config: Any) -> FleetSettings:
-    """The config's fleet section, or the defaults while LabConfig has none."""
-    found = getattr(config, "fleet", None)
-    return found if isinstance(found, FleetSettings) else FleetSettings()
