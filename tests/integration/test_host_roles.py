@@ -10,7 +10,6 @@ because those servers are out of reach and no GPU or Docker engine runs here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -26,8 +25,6 @@ import yaml
 
 from tests.fixtures import fake_apt_repo as fake
 from tests.fixtures.debian_root import (
-    CACHE,
-    REPO,
     DebianRoot,
     NspawnHost,
     Recap,
@@ -36,6 +33,7 @@ from tests.fixtures.debian_root import (
     nspawn_boot_problem,
     run_playbook,
 )
+from tests.fixtures.fleet_hosts import build_wheelhouse
 
 pytestmark = pytest.mark.slow
 
@@ -66,27 +64,7 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[fake.FakeR
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The hlctl wheel (built now) and a tar of its dependencies' wheels (cached by pyproject)."""
-    dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist),
-                    str(REPO)], check=True, capture_output=True)
-    wheel = next(dist.glob("hlctl-*.whl"))
-    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    house = CACHE / f"wheelhouse-py{sys.version_info.major}{sys.version_info.minor}-{key}"
-    if not (house / ".complete").exists():
-        # The root's Python is Debian 12's 3.11: only binary wheels, for this interpreter.
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
-                        "-d", str(house), str(wheel)], check=True, capture_output=True)
-        for own in house.glob("hlctl-*.whl"):
-            own.unlink()
-        (house / ".complete").write_text("")
-    # One archive: the role then moves one file instead of one per wheel.
-    archive = house.with_name(house.name + ".tar")
-    if not archive.exists():
-        partial = archive.with_suffix(".partial")
-        subprocess.run(["tar", "-cf", str(partial), "-C", str(house), "--exclude=.complete",
-                        "."], check=True)
-        partial.rename(archive)
-    return wheel, archive
+    return build_wheelhouse(tmp_path_factory.mktemp("dist"))
 
 
 @pytest.fixture
