@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -183,9 +184,9 @@ def litellm_version() -> str:
 
 class Servers:
     def __init__(self, with_litellm: bool, frameworks: bool = False,
-                 baseline: Path | None = None) -> None:
+                 baseline: list[Path] | None = None) -> None:
         self.frameworks = frameworks
-        self.baseline = baseline
+        self.baseline = baseline or []
         self.procs: list[subprocess.Popen[bytes]] = []
         self.tmp = tempfile.TemporaryDirectory(prefix="hlctl-bench-")
         self.with_litellm = with_litellm
@@ -204,22 +205,25 @@ class Servers:
                      "--chunks", "50"], log="stub")
         wait_http(f"http://127.0.0.1:{stub}/health", 30)
         self.targets["direct"] = (f"http://127.0.0.1:{stub}/v1/chat/completions", {})
-        self._spawn([sys.executable, __file__, "_serve_hlctl", str(hl),
-                     f"http://127.0.0.1:{stub}", self.tmp.name], log="hlctl")
+        # Started exactly as the --baseline routers are, so that they compare like for like.
+        self._spawn([sys.executable, str(ROOT / "bench" / "router.py"), "_serve_hlctl",
+                     str(hl), f"http://127.0.0.1:{stub}", tempfile.mkdtemp(dir=self.tmp.name)],
+                    env={"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}, log="hlctl")
         auth = {"Authorization": f"Bearer {BENCH_KEY}"}
         wait_http(f"http://127.0.0.1:{hl}/health", 30)
         self.targets["hlctl"] = (f"http://127.0.0.1:{hl}/v1/chat/completions", auth)
-        if self.baseline is not None:
+        for checkout in self.baseline:
             # Another checkout's router (e.g. `git worktree add /tmp/base HEAD~1`), measured
             # in the same rounds, so a change is compared under the same load.
             base = free_port()
-            src = self.baseline.resolve()
+            src = checkout.resolve()
+            name = "hlctl-base" if len(self.baseline) == 1 else f"hlctl-{src.name}"
             self._spawn([sys.executable, str(src / "bench" / "router.py"), "_serve_hlctl",
                          str(base), f"http://127.0.0.1:{stub}",
                          tempfile.mkdtemp(dir=self.tmp.name)],
-                        env={"PYTHONPATH": f"{src / 'src'}{os.pathsep}{src}"}, log="base")
+                        env={"PYTHONPATH": f"{src / 'src'}{os.pathsep}{src}"}, log=name)
             wait_http(f"http://127.0.0.1:{base}/health", 30)
-            self.targets["hlctl-base"] = (f"http://127.0.0.1:{base}/v1/chat/completions", auth)
+            self.targets[name] = (f"http://127.0.0.1:{base}/v1/chat/completions", auth)
         if self.frameworks:
             peer_python = ensure_litellm().parent / "python"  # has starlette and uvicorn
             for name, python in (("aiohttp", sys.executable), ("starlette", str(peer_python))):
@@ -312,19 +316,37 @@ async def throughput(url: str, headers: dict[str, str], stream: bool, clients: i
         return done / (time.perf_counter() - counting_start), errors
 
 
-async def latency(url: str, headers: dict[str, str], stream: bool,
-                  count: int) -> list[float]:
+async def latency(targets: dict[str, tuple[str, dict[str, str]]], stream: bool,
+                  count: int) -> dict[str, list[float]]:
+    """1-client latency of every target, their requests interleaved one by one.
+
+    One request to each target in a shuffled order, again and again: a shared machine's load
+    changes from second to second, and interleaving gives every target the same share of
+    it, where a target measured alone for a few seconds may draw a quiet or a busy spell.
+    """
     data = json.dumps({**BODY, "stream": stream}).encode()
-    headers = {**headers, "Content-Type": "application/json"}
-    out = []
-    async with aiohttp.ClientSession() as session:
+    out: dict[str, list[float]] = {name: [] for name in targets}
+    sessions = {name: aiohttp.ClientSession() for name in targets}
+    try:
+        names = list(targets)
+        order = random.Random(4)  # the same shuffles every run
         for i in range(count + 20):
-            started = time.perf_counter()
-            ok = await _one(session, url, data, headers, stream)
-            if not ok:
-                raise RuntimeError(f"{url}: a request failed during the latency run")
-            if i >= 20:  # the first 20 warm the connection and the caches
-                out.append((time.perf_counter() - started) * 1000)
+            # A new order each time: a request's cost depends on what ran just before it
+            # (the stub still finishing the last answer: the one right after a direct
+            # request pays for it), so every target follows every other equally often.
+            order.shuffle(names)
+            for name in names:
+                url, headers = targets[name]
+                started = time.perf_counter()
+                ok = await _one(sessions[name], url, data,
+                                {**headers, "Content-Type": "application/json"}, stream)
+                if not ok:
+                    raise RuntimeError(f"{url}: a request failed during the latency run")
+                if i >= 20:  # the first 20 warm the connection and the caches
+                    out[name].append((time.perf_counter() - started) * 1000)
+    finally:
+        for session in sessions.values():
+            await session.close()
     return out
 
 
@@ -337,8 +359,8 @@ def run(targets: dict[str, tuple[str, dict[str, str]]], seconds: float,
         count: int, repeats: int = 1, latency_only: bool = False) -> list[Result]:
     """Throughput once per target, then ``repeats`` rounds of 1-client latency.
 
-    The latency rounds visit every target in turn, so a round's figures share the
-    machine's load of that moment (this machine is shared); a target's p50 and p99 are
+    The latency rounds interleave the targets request by request, so a round's figures
+    share the machine's load of that moment (this machine is shared); a target's p50 and p99 are
     the medians of its rounds' figures, and the added latency is computed per round
     against that round's direct figure before taking the median (see ``report``).
     """
@@ -356,8 +378,7 @@ def run(targets: dict[str, tuple[str, dict[str, str]]], seconds: float,
             rates[name] = ((0.0, 0) if latency_only
                            else asyncio.run(throughput(url, headers, stream, 64, seconds)))
         for _ in range(repeats):
-            for name, (url, headers) in targets.items():
-                lat = asyncio.run(latency(url, headers, stream, count))
+            for name, lat in asyncio.run(latency(targets, stream, count)).items():
                 rounds[name].append((statistics.median(lat), pct(lat, 0.99)))
         for name in targets:
             rps, errors = rates[name]
@@ -378,8 +399,10 @@ def report(results: list[Result]) -> dict[str, Any]:
     print(f"\n{'':22}{'req/s @64':>11}{'added p50':>11}{'added p99':>11}{'vs litellm':>12}")
     for stream in (False, True):
         direct = by[("direct", stream)]
-        for name in ("direct", "bare-aiohttp", "bare-starlette", "hlctl-base", "hlctl",
-                     "litellm"):
+        names = ["direct", "bare-aiohttp", "bare-starlette",
+                 *sorted(t for t, s in by if s == stream and t.startswith("hlctl-")),
+                 "hlctl", "litellm"]
+        for name in names:
             r = by.get((name, stream))
             if r is None:
                 continue
@@ -427,8 +450,9 @@ def main() -> int:
                         help="1-client latency rounds per target, interleaved; medians reported")
     parser.add_argument("--latency-only", action="store_true",
                         help="skip the 64-client throughput runs")
-    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
-                        help="also measure the router of another checkout (hlctl-base)")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT", action="append",
+                        help="also measure the router of another checkout (hlctl-base); "
+                        "repeatable")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     servers = Servers(with_litellm=not args.no_litellm, frameworks=args.frameworks,

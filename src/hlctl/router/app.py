@@ -345,7 +345,12 @@ class _Exchange:
             outcome.client_gone = True
             raise
         finally:
-            self._record(decision, backend, outcome)
+            # Costed, counted and queued for the ledger on the loop's next turn: after
+            # aiohttp has handed a non-streaming answer to the socket (it sends it only
+            # once this returns), not before. A crash in between is a crash within the
+            # ledger's flush interval, which may lose that interval's rows anyway.
+            asyncio.get_running_loop().call_soon(self._record, decision, backend, outcome,
+                                                 time.perf_counter())
 
     def _headers(self, decision: RouteDecision, backend: Backend | None) -> dict[str, str]:
         return {"X-HL-Routed-To": decision.target or "none",
@@ -403,9 +408,9 @@ class _Exchange:
             backend.in_flight -= 1
 
     def _record(self, decision: RouteDecision, backend: Backend | None,
-                outcome: Outcome) -> None:
+                outcome: Outcome, finished: float) -> None:
         router = self.router
-        elapsed = time.perf_counter() - self.started
+        elapsed = finished - self.started
         route = decision.target if decision.error is None and backend is not None else "none"
         usage = Usage.from_json(outcome.usage)
         estimated = usage is None and route != "none"

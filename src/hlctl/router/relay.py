@@ -154,7 +154,7 @@ class StreamRelay:
                 resp.close()
 
     async def _open(self, session: aiohttp.ClientSession, path: str,
-                    data: bytes) -> tuple[aiohttp.ClientResponse, SseReader, bytes, list[bytes]]:
+                    data: bytes) -> tuple[aiohttp.ClientResponse, SseReader, bytes, bytes]:
         try:
             # sock_read bounds each silence of the stream (stream_idle_s); the first-chunk
             # deadline bounds the wait for the headers and the first chunk.
@@ -177,16 +177,20 @@ class StreamRelay:
             resp.close()
             raise
 
-    async def _first_chunk(self, reader: SseReader) -> tuple[bytes, list[bytes]]:
+    async def _first_chunk(self, reader: SseReader) -> tuple[bytes, bytes]:
         """Skip pings and progress objects up to the first chunk with choices.
 
-        Returns its payload and the events that arrived with it, still to be sent.
+        Returns its payload and the bytes of the events that arrived with it, still to be
+        sent (looked at one by one only up to that first chunk: a fast upstream's whole
+        answer may be in this read).
         """
         try:
             while (raw := await reader.batch()) is not None:
-                events = split_events(raw)
-                for i, event in enumerate(events):
-                    kind, payload = parse_event(event)
+                start = 0
+                while start < len(raw):
+                    stop = raw.find(b"\n\n", start)  # a batch ends with a blank line
+                    kind, payload = parse_event(raw[start:stop])
+                    start = stop + 2
                     if kind == "error":
                         raise UpstreamFailure("in-band-error")
                     if kind != "data":
@@ -201,7 +205,7 @@ class StreamRelay:
                         raise UpstreamFailure("in-band-error")
                     if "choices" in obj:
                         self.outcome.model = str(obj.get("model") or "")
-                        return payload, events[i + 1:]
+                        return payload, raw[start:]
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailure("cut-before-first-chunk", type(exc).__name__) from None
         raise UpstreamFailure("empty-stream")
@@ -236,12 +240,15 @@ class StreamRelay:
         Events with nothing to look at (no usage, timings, error or end) go to the client
         as the upstream's bytes, untouched and in one piece; only the rest are parsed.
         """
-        if (b'"usage"' not in raw and b'"timings"' not in raw and b'"error"' not in raw
-                and b"[DONE]" not in raw and b"error:" not in raw):
+        first = -1
+        for mark in _MARKS:  # one scan per mark, and none of them a JSON parse
+            at = raw.find(mark)
+            if at >= 0 and (first < 0 or at < first):
+                first = at
+        if first < 0:
             self.outcome.chunks += raw.count(b"data:")
             out.append(raw)
             return False
-        first = min(i for i in (raw.find(m) for m in _MARKS) if i >= 0)
         cut = raw.rfind(b"\n\n", 0, first) + 2
         if cut > 2:
             self.outcome.chunks += raw.count(b"data:", 0, cut)
@@ -271,14 +278,14 @@ class StreamRelay:
         return False
 
     async def _pump(self, stream: web.StreamResponse, reader: SseReader, first: bytes,
-                    rest: list[bytes]) -> None:
+                    rest: bytes) -> None:
         """Send what the upstream sends as it arrives: one write per upstream read."""
         out = self.outcome
         frames: list[bytes] = []
         chunk = self._filter(first)
         if chunk is not None:
             frames.append(b"data: " + chunk + b"\n\n")
-        ended = self._frames(b"".join(e + b"\n\n" for e in rest), frames) if rest else False
+        ended = self._frames(rest, frames) if rest else False
         try:
             # The frames of the read that ends the stream go out with the end itself (one
             # write for the tail, the [DONE] and the chunked terminator).
