@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hlctl.config import HealthThresholds
+from hlctl.gpu.check import result_age_s
 from hlctl.gpu.health import evaluate_health
 from hlctl.gpu.snapshot import HostSnapshot
 
@@ -191,21 +192,12 @@ def probe_docker(environ: Mapping[str, str], timeout_s: float = 3) -> DockerStat
     return probe_engine(environ, timeout_s)[0]
 
 
-def _parse_time(text: Any) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(str(text))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
-
-
 def health_summary(last: Mapping[str, Any] | None, now: datetime,
                    stale_after_s: float) -> HealthSummary | None:
     """The recorded result with its age; without a readable time it counts as stale."""
     if not last:
         return None
-    checked = _parse_time(last.get("checked_at"))
-    age = (now - checked).total_seconds() if checked else None
+    age = result_age_s(last, now)
     code = last.get("exit_code")
     return HealthSummary(
         state=str(last.get("state") or "unknown"),

@@ -7,6 +7,8 @@ fleet status can show a stale result as stale.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,15 @@ def read_last_result(state_dir: Path) -> dict[str, Any] | None:
         return json.loads((state_dir / "health" / "last.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def result_age_s(result: Mapping[str, Any], now: datetime) -> float | None:
+    """Seconds since a recorded result was checked; None without a time with a zone
+    (an unreadable time must not pass for a fresh one)."""
+    try:
+        checked = datetime.fromisoformat(str(result.get("checked_at")))
+    except ValueError:
+        return None
+    if checked.tzinfo is None:
+        return None
+    return (now - checked).total_seconds()

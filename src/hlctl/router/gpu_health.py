@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hlctl.gpu.check import result_age_s
+
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 MAX_RESULT_BYTES = 1024 * 1024  # a result is a few KB; refuse to slurp anything absurd
 
@@ -43,26 +45,17 @@ UNKNOWN_STATE = GpuHealthState()
 _NAMES = {OK: "ok", WARNING: "warning", CRITICAL: "critical", UNKNOWN: "unknown"}
 
 
-def _parse_time(text: Any) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(str(text))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
-
-
 def classify(result: Mapping[str, Any] | None, now: datetime,
              stale_after_s: float) -> GpuHealthState:
     """A recorded result, judged at ``now``. Pure: the file's I/O is HealthFile's."""
     if result is None:
         return UNKNOWN_STATE
     code = result.get("exit_code")
-    checked = _parse_time(result.get("checked_at"))
+    age = result_age_s(result, now)
     if not isinstance(code, int) or isinstance(code, bool) or code not in _NAMES \
-            or checked is None:
+            or age is None:
         # Without a code or a time there is nothing to trust, let alone divert on.
         return GpuHealthState(UNKNOWN, "malformed")
-    age = (now - checked).total_seconds()
     if age > stale_after_s:
         # The timer stopped (or the mount went away): an old CRITICAL is not today's.
         return GpuHealthState(UNKNOWN, "stale", age)
