@@ -353,5 +353,10 @@ def test_health_timer_runs_under_systemd_over_ssh(
         assert "ExecMainStatus=3" in shown
         journal = host.ssh("journalctl -u hlctl-health.service --no-pager -o cat").stdout
         assert "GPU UNKNOWN" in journal
+        # systemd's StateDirectory= keeps the role's mode, so a re-run after the timer fired
+        # stays changed=0.
+        assert host.ssh("stat -c %a /var/lib/hlctl").stdout.strip() == "750"
+        third = run_playbook(play, inventory, extra, netns=host.ctl_ns)
+        _assert_idempotent(third)
     finally:
         host.shutdown()
