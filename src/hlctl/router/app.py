@@ -368,8 +368,8 @@ class _Exchange:
         timeouts = router.settings.timeouts
         data = self._payload(backend, decision)
         path = PATHS[self.endpoint]
-        session = router.pool.session
-        assert session is not None
+        client = router.pool.http
+        assert client is not None
         before_upstream = time.perf_counter()
         backend.in_flight += 1
         try:
@@ -380,11 +380,11 @@ class _Exchange:
                                     idle_s=timeouts.stream_idle_s)
                 relay.outcome = outcome
                 outcome.overhead_s = before_upstream - self.started
-                response = await relay.run(session, path, data,
+                response = await relay.run(client, path, data,
                                            self._headers(decision, backend), self.started)
                 router.pool.report_success(backend)
                 return response
-            status, raw = await post_json(session, backend, path, data,
+            status, raw = await post_json(client, backend, path, data,
                                           connect_s=timeouts.connect_s,
                                           total_s=timeouts.response_s)
             received = time.perf_counter()

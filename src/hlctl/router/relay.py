@@ -9,7 +9,6 @@ the stream with an in-band ``data: {"error": ...}`` frame and no ``[DONE]``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from hlctl.router.http1 import Http1Client, Response, build_head
 from hlctl.router.upstreams import Backend
 
 # Byte strings that make an SSE batch worth parsing event by event.
@@ -77,39 +77,37 @@ def _failure_for_status(status: int, backend: Backend) -> UpstreamFailure | None
     return None
 
 
-@functools.lru_cache(maxsize=16)
-def _timeout(connect_s: float, total_s: float | None = None,
-             sock_read_s: float | None = None) -> aiohttp.ClientTimeout:
-    # The settings are fixed for the router's life: build each (frozen) timeout once.
-    return aiohttp.ClientTimeout(total=total_s, connect=connect_s, sock_read=sock_read_s)
-
-
-async def post_json(session: aiohttp.ClientSession, backend: Backend, path: str, data: bytes,
-                    *, connect_s: float, total_s: float) -> tuple[int, bytes]:
-    """POST and read the whole answer; connection trouble and 5xx/429 are failures."""
-    try:
-        async with session.post(backend.base + path, data=data, headers=_headers(backend),
-                                timeout=_timeout(connect_s, total_s)) as resp:
-            raw = await resp.read()
-            status = resp.status
-    except TimeoutError:
-        raise UpstreamFailure("timeout") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamFailure("connect", type(exc).__name__) from None
-    failure = _failure_for_status(status, backend)
-    if failure is not None:
-        raise failure
-    return status, raw
-
-
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-def _headers(backend: Backend) -> dict[str, str]:
-    # aiohttp copies what it is given into the request's own headers: sharing is safe.
-    if backend.headers:
-        return {**_JSON_HEADERS, **backend.headers}
-    return _JSON_HEADERS
+def request_head(backend: Backend, path: str) -> bytes:
+    """The request head for a POST to one backend's path, built once and kept."""
+    head = backend.heads.get(path)
+    if head is None:
+        head = build_head("POST", backend.origin, path, {**_JSON_HEADERS, **backend.headers})
+        backend.heads[path] = head
+    return head
+
+
+async def post_json(client: Http1Client, backend: Backend, path: str, data: bytes,
+                    *, connect_s: float, total_s: float) -> tuple[int, bytes]:
+    """POST and read the whole answer; connection trouble and 5xx/429 are failures."""
+    deadline = asyncio.get_running_loop().time() + total_s
+    try:
+        resp = await client.request(backend.origin, request_head(backend, path), data,
+                                    connect_s=connect_s, deadline=deadline)
+        try:
+            raw = await resp.read(deadline)
+        finally:
+            resp.close()
+    except TimeoutError:
+        raise UpstreamFailure("timeout") from None
+    except OSError as exc:
+        raise UpstreamFailure("connect", type(exc).__name__) from None
+    failure = _failure_for_status(resp.status, backend)
+    if failure is not None:
+        raise failure
+    return resp.status, raw
 
 
 class StreamRelay:
@@ -126,14 +124,20 @@ class StreamRelay:
         self.outcome = Outcome()
         self.done = False
 
-    async def run(self, session: aiohttp.ClientSession, path: str, data: bytes,
+    async def run(self, client: Http1Client, path: str, data: bytes,
                   headers: dict[str, str], started: float) -> web.StreamResponse:
         """``started`` is when the router began this request; headers carry the overhead."""
         out = self.outcome
-        resp: aiohttp.ClientResponse | None = None
+        deadline = asyncio.get_running_loop().time() + self.first_chunk_s
         try:
-            async with asyncio.timeout(self.first_chunk_s):
-                resp, reader, first, rest = await self._open(session, path, data)
+            resp = await client.request(self.backend.origin, request_head(self.backend, path),
+                                        data, connect_s=self.connect_s, deadline=deadline)
+        except TimeoutError:
+            raise UpstreamFailure("first-chunk-timeout") from None
+        except OSError as exc:
+            raise UpstreamFailure("connect", type(exc).__name__) from None
+        try:
+            reader, first, rest = await self._open(resp, deadline)
             received = time.perf_counter()
             stream = SseResponse(status=200, headers={**SSE_HEADERS, **headers})
             out.overhead_s += time.perf_counter() - received
@@ -143,71 +147,56 @@ class StreamRelay:
             out.first_chunk_at = time.perf_counter()
             await self._pump(stream, reader, first, rest)
             return stream
-        except TimeoutError:
-            if out.status == 0:
-                raise UpstreamFailure("first-chunk-timeout") from None
-            raise
         finally:
-            if resp is not None:
-                # Closing (not releasing) a half-read response drops the socket, so
-                # llama-server sees the disconnect and frees the slot.
-                resp.close()
+            # Closing (not pooling) a half-read answer drops the socket, so llama-server
+            # sees the disconnect and frees the slot.
+            resp.close()
 
-    async def _open(self, session: aiohttp.ClientSession, path: str,
-                    data: bytes) -> tuple[aiohttp.ClientResponse, SseReader, bytes, bytes]:
-        try:
-            # sock_read bounds each silence of the stream (stream_idle_s); the first-chunk
-            # deadline bounds the wait for the headers and the first chunk.
-            resp = await session.post(self.backend.base + path, data=data,
-                                      headers=_headers(self.backend),
-                                      timeout=_timeout(self.connect_s, None, self.idle_s))
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamFailure("connect", type(exc).__name__) from None
+    async def _open(self, resp: Response, deadline: float) -> tuple[SseReader, bytes, bytes]:
+        """Up to the first chunk with choices, or an UpstreamFailure / PassThrough."""
         try:
             if resp.status != 200:
                 failure = _failure_for_status(resp.status, self.backend)
                 if failure is not None:
                     raise failure
                 # A client error (400 and the like): hand it over as the upstream said it.
-                raise PassThrough(resp.status, await resp.read())
-            reader = SseReader(resp.content)
-            first, rest = await self._first_chunk(reader)
-            return resp, reader, first, rest
-        except BaseException:
-            resp.close()
-            raise
+                raise PassThrough(resp.status, await resp.read(deadline))
+            reader = SseReader(resp)
+            first, rest = await self._first_chunk(reader, deadline)
+            return reader, first, rest
+        except TimeoutError:
+            raise UpstreamFailure("first-chunk-timeout") from None
+        except OSError as exc:
+            raise UpstreamFailure("cut-before-first-chunk", type(exc).__name__) from None
 
-    async def _first_chunk(self, reader: SseReader) -> tuple[bytes, bytes]:
+    async def _first_chunk(self, reader: SseReader, deadline: float) -> tuple[bytes, bytes]:
         """Skip pings and progress objects up to the first chunk with choices.
 
         Returns its payload and the bytes of the events that arrived with it, still to be
         sent (looked at one by one only up to that first chunk: a fast upstream's whole
         answer may be in this read).
         """
-        try:
-            while (raw := await reader.batch()) is not None:
-                start = 0
-                while start < len(raw):
-                    stop = raw.find(b"\n\n", start)  # a batch ends with a blank line
-                    kind, payload = parse_event(raw[start:stop])
-                    start = stop + 2
-                    if kind == "error":
-                        raise UpstreamFailure("in-band-error")
-                    if kind != "data":
-                        continue
-                    if payload == b"[DONE]":
-                        raise UpstreamFailure("empty-stream")
-                    try:
-                        obj = json.loads(payload)
-                    except ValueError:
-                        raise UpstreamFailure("bad-chunk") from None
-                    if not isinstance(obj, dict) or "error" in obj:
-                        raise UpstreamFailure("in-band-error")
-                    if "choices" in obj:
-                        self.outcome.model = str(obj.get("model") or "")
-                        return payload, raw[start:]
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamFailure("cut-before-first-chunk", type(exc).__name__) from None
+        while (raw := await reader.batch(deadline)) is not None:
+            start = 0
+            while start < len(raw):
+                stop = raw.find(b"\n\n", start)  # a batch ends with a blank line
+                kind, payload = parse_event(raw[start:stop])
+                start = stop + 2
+                if kind == "error":
+                    raise UpstreamFailure("in-band-error")
+                if kind != "data":
+                    continue
+                if payload == b"[DONE]":
+                    raise UpstreamFailure("empty-stream")
+                try:
+                    obj = json.loads(payload)
+                except ValueError:
+                    raise UpstreamFailure("bad-chunk") from None
+                if not isinstance(obj, dict) or "error" in obj:
+                    raise UpstreamFailure("in-band-error")
+                if "choices" in obj:
+                    self.outcome.model = str(obj.get("model") or "")
+                    return payload, raw[start:]
         raise UpstreamFailure("empty-stream")
 
     def _filter(self, payload: bytes) -> bytes | None:
@@ -281,6 +270,8 @@ class StreamRelay:
                     rest: bytes) -> None:
         """Send what the upstream sends as it arrives: one write per upstream read."""
         out = self.outcome
+        loop = asyncio.get_running_loop()
+        idle_s = self.idle_s
         frames: list[bytes] = []
         chunk = self._filter(first)
         if chunk is not None:
@@ -293,18 +284,18 @@ class StreamRelay:
                 if frames:
                     try:
                         await stream.write(b"".join(frames))
-                    except (ConnectionResetError, aiohttp.ClientError, OSError):
+                    except (OSError, aiohttp.ClientError):
                         out.client_gone = True
                         return
                     frames = []
-                raw = await reader.batch()
+                raw = await reader.batch(loop.time() + idle_s)
                 if raw is None:
                     out.cut = "stream-cut"
                     break
                 ended = self._frames(raw, frames)
         except TimeoutError:
             out.cut = "idle-timeout"
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             out.cut = f"stream-cut:{type(exc).__name__}"
         try:
             if out.cut is not None and out.cut != "in-band-error":
@@ -312,7 +303,7 @@ class StreamRelay:
                     f"the {self.backend.kind} upstream stopped mid-stream ({out.cut})",
                     "stream_cut"))
             await stream.write_eof(b"".join(frames))
-        except (ConnectionResetError, aiohttp.ClientError, OSError):
+        except (OSError, aiohttp.ClientError):
             out.client_gone = True
 
 
@@ -342,17 +333,18 @@ def parse_event(event: bytes) -> tuple[str, bytes]:
 class SseReader:
     """Split an upstream SSE body into whole events, as many as each read brings."""
 
-    def __init__(self, content: aiohttp.StreamReader) -> None:
-        self.content = content
+    def __init__(self, resp: Response) -> None:
+        self.resp = resp
         self.buf = b""
 
-    async def batch(self) -> bytes | None:
+    async def batch(self, deadline: float) -> bytes | None:
         """The next whole events as the bytes that came, each ending in a blank line.
 
-        None at the end of the body (a partial last event is dropped, as SSE says).
+        None at the end of the body (a partial last event is dropped, as SSE says);
+        TimeoutError when nothing came by ``deadline`` (loop time).
         """
         while True:
-            data = await self.content.readany()
+            data = await self.resp.read_some(deadline)
             if not data:
                 return None
             buf = self.buf + data

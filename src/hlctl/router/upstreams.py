@@ -1,8 +1,8 @@
 """The upstreams: local llama-server backends with health state, and the cloud provider.
 
-One aiohttp session serves all of them (httpx's pool is slow under concurrency). Idle
-sockets close before the upstream's own keep-alive ends, so a reused socket is never one
-the server has already closed.
+One HTTP/1.1 client (``http1``, lighter than aiohttp's and httpx's) serves all of them.
+Idle sockets close before the upstream's own keep-alive ends, so a reused socket is not
+one the server has already closed.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-import aiohttp
-
 from hlctl.router.config import RouterSettings
+from hlctl.router.http1 import Http1Client, Origin, build_head, parse_url
 
 State = Literal["unknown", "up", "starting", "down"]
 
@@ -34,6 +33,11 @@ class Backend:
     state: State = "unknown"
     last_error: str = ""
     changed_at: float = field(default_factory=time.monotonic)
+    origin: Origin = field(init=False, repr=False)
+    heads: dict[str, bytes] = field(default_factory=dict, repr=False)  # request head by path
+
+    def __post_init__(self) -> None:
+        self.origin = parse_url(self.base)
 
     @property
     def routable(self) -> bool:
@@ -65,17 +69,12 @@ class UpstreamPool:
         self.cloud = None if cloud is None else Backend(
             cloud.name, "cloud", cloud.url.rstrip("/"), cloud.model, None,
             _auth_headers(cloud.api_key.reveal(environ) if cloud.api_key else None))
-        self.session: aiohttp.ClientSession | None = None
+        self.http: Http1Client | None = None
         self._probe_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        t = self.settings.timeouts
-        connector = aiohttp.TCPConnector(limit=self.settings.max_connections, limit_per_host=0,
-                                         keepalive_timeout=t.keepalive_s, ttl_dns_cache=300)
-        # Timeouts are set per request; the session's own 5-minute total must not apply.
-        self.session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=False, skip_auto_headers=("User-Agent",))
+        self.http = Http1Client(limit=self.settings.max_connections,
+                                keepalive_s=self.settings.timeouts.keepalive_s)
         if self.local:
             await self.probe_all()
             self._probe_task = asyncio.create_task(self._probe_loop())
@@ -85,8 +84,8 @@ class UpstreamPool:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
-        if self.session is not None:
-            await self.session.close()
+        if self.http is not None:
+            self.http.close()
 
     def local_up(self) -> bool:
         return any(b.routable for b in self.local)
@@ -111,15 +110,20 @@ class UpstreamPool:
 
     async def probe(self, backend: Backend) -> State:
         """One /health probe; llama-server's 503 while loading the model means starting."""
-        assert self.session is not None and backend.health_url is not None
-        timeout = aiohttp.ClientTimeout(total=self.settings.timeouts.connect_s + 3,
-                                        connect=self.settings.timeouts.connect_s)
+        assert self.http is not None and backend.health_url is not None
+        connect_s = self.settings.timeouts.connect_s
+        deadline = asyncio.get_running_loop().time() + connect_s + 3
         try:
-            async with self.session.get(backend.health_url, headers=backend.headers,
-                                        timeout=timeout) as resp:
-                await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            origin = parse_url(backend.health_url)
+            resp = await self.http.request(origin, build_head("GET", origin, "",
+                                                              backend.headers),
+                                           b"", connect_s=connect_s, deadline=deadline)
+            try:
+                await resp.read(deadline)
+            finally:
+                resp.close()
+            status = resp.status
+        except OSError as exc:  # connect, reset, timeout, or not HTTP
             backend.last_error = f"probe: {type(exc).__name__}"
             backend.set_state("down")
             return "down"
