@@ -6,13 +6,19 @@ systemd-nspawn in a network namespace of its own and reached over real SSH from 
 controller namespace, where this checkout's hlctl runs. Each host has a recorded health
 result (`hlctl health --from` a healthy snapshot). Runs are interleaved (1, 3, 6, 1, 3, 6,
 ...) so that load from other processes spreads over all three sizes. Prints the medians and
-the ratios 3/1 and 6/1 (goal: 6 hosts take less than 1.5x one host), and the peer: the
-same hosts asked one after another. Then the same runs again with a stand-in agent that
-takes as long as a real answer's CPU time without using the CPU: what the fan-out costs
-when each host has CPUs of its own, as in a real lab (here all hosts share this machine's).
+the ratios 3/1 and 6/1 (goal: 6 hosts take less than 1.5x one host), and the peer: the same
+hosts asked one after another.
 
-Needs root (netns, nspawn). On a machine with few cores the hosts' own `hlctl status` runs
-compete for the CPU, which the ratio shows honestly; `--timeout` bounds each host.
+Three setups, each measured the same way:
+- as installed: each host's resident agent answers (hlctl-agent.socket) over SSH
+  connections kept from the previous run (fleet.ssh_reuse_s);
+- new connections: the same with fleet.ssh_reuse_s=0 (a key exchange per host and run);
+- no resident agent: its socket stopped, so each host starts hlctl and validates its config
+  per request (what every status cost before the agent).
+All hosts share this machine's cores, so what each host spends on an answer adds up here as
+it would not in a real lab; the last two setups show that cost.
+
+Needs root (netns, nspawn).
 
     .venv/bin/python bench/fleet_status.py [--runs 5] [--hosts 6]
 """
@@ -43,15 +49,17 @@ def _seconds(text: str) -> float:
     return int(minutes) * 60 + float(rest)
 
 
-def _measure(the_lab: Lab, inventories: dict[int, Path], runs: int) -> dict[int, list[float]]:
+def _measure(the_lab: Lab, inventories: dict[int, Path], runs: int,
+             env: dict[str, str] | None = None) -> dict[int, list[float]]:
     """Interleaved runs of `hlctl status --all` over each inventory; every host must be ok."""
     times: dict[int, list[float]] = {n: [] for n in inventories}
-    the_lab.hlctl("status", "--all", "-i", str(inventories[1]))  # warm caches
+    the_lab.hlctl("status", "--all", "-i", str(inventories[max(inventories)]),
+                  env=env)  # warm caches (and, when kept, the connections)
     for _ in range(runs):
         for n, inventory in inventories.items():
             t0 = time.monotonic()
             result = the_lab.hlctl("status", "--all", "--json", "--timeout", "30",
-                                   "-i", str(inventory))
+                                   "-i", str(inventory), env=env)
             times[n].append(time.monotonic() - t0)
             rows = json.loads(result.stdout)
             if result.returncode != 0 or len(rows) != n or not all(
@@ -97,7 +105,7 @@ def main() -> int:
             for host in the_lab.hosts:
                 shutil.copy(SNAPSHOT, host.root / "root/snapshot.json")
                 host.ssh("hlctl health --from /root/snapshot.json")
-            # What one host's answer costs in CPU: on this machine all hosts share its cores.
+            # What one host's answer costs in CPU without the agent: the hosts share the cores.
             cpu = the_lab.hosts[0].ssh("for i in 1 2 3 4 5; do hlctl status --json "
                                        ">/dev/null; done; times").stdout.split("\n")[1]
             per_status = sum(_seconds(v) for v in cpu.split()) / 5
@@ -113,37 +121,28 @@ def main() -> int:
                         print(f"serial status of {host.name} failed", file=sys.stderr)
                         return 1
                 serial.append(time.monotonic() - t0)
-            real = _measure(the_lab, inventories, args.runs)
-            # Hosts with CPUs of their own, as in a real lab: a stand-in agent that takes as
-            # long as one real answer's CPU time, without using the CPU, and prints a status
-            # recorded from the real agent. The controller side (hlctl, ssh, sshd, parsing)
-            # is unchanged, so this isolates what the fan-out itself costs.
-            recorded = the_lab.hosts[0].ssh("hlctl status --json").stdout
+            installed = _measure(the_lab, inventories, args.runs)
+            fresh = _measure(the_lab, inventories, args.runs,
+                             env={"HLCTL_FLEET__SSH_REUSE_S": "0"})
             for host in the_lab.hosts:
-                (host.root / "root/status.json").write_text(recorded)
-                standin = host.root / "usr/local/bin/hlctl-standin"
-                standin.write_text(f"#!/bin/sh\nsleep {per_status:.2f}\n"
-                                   "exec cat /root/status.json\n")
-                standin.chmod(0o755)
-            own_cpu = _measure(the_lab, {n: the_lab.inventory(
-                the_lab.hosts[:n], hlctl_bin="/usr/local/bin/hlctl-standin")
-                for n in sizes}, args.runs)
+                host.ssh("systemctl stop hlctl-agent.socket hlctl-agent.service")
+            no_agent = _measure(the_lab, inventories, args.runs)
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cores = os.cpu_count() or 1
-    _report(f"hlctl status --all, real agents, median of {args.runs} runs each (interleaved):",
-            real)
+    _report(f"hlctl status --all as installed (resident agents, connections kept), median of "
+            f"{args.runs} runs each (interleaved):", installed)
     one_by_one = statistics.median(serial)
     print(f"  peer: the {args.hosts} hosts one after another: {one_by_one:.2f}s "
-          f"({one_by_one / statistics.median(real[args.hosts]):.2f}x the parallel run)")
-    print(f"  one host's `hlctl status --json` costs {per_status:.2f}s CPU, and all "
+          f"({one_by_one / statistics.median(installed[args.hosts]):.2f}x the parallel run)")
+    _report("new SSH connections each run (fleet.ssh_reuse_s=0):", fresh)
+    _report("no resident agent (hlctl-agent.socket stopped), connections kept:", no_agent)
+    print(f"  without the agent one host's answer costs {per_status:.2f}s CPU, and all "
           f"{args.hosts} hosts share this machine's {cores} core(s): {args.hosts} answers "
           f"need at least {args.hosts * per_status / cores:.2f}s")
-    _report(f"hosts with CPUs of their own (stand-in agent: {per_status:.2f}s without CPU, "
-            "then a recorded status), same controller side:", own_cpu)
     return 0
 
 

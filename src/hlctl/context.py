@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hlctl.config import LabConfig, LoadedConfig
+    from hlctl.fleet.transport import ConnectionReuse
 
 
 def utc_now() -> datetime:
@@ -44,6 +45,12 @@ class AppContext:
     @property
     def state_dir(self) -> Path:
         return self.config.state_dir
+
+    def ssh_reuse(self) -> ConnectionReuse | None:
+        """How fleet commands share each host's SSH connection (lab config fleet.ssh_reuse_s)."""
+        from hlctl.fleet.transport import connection_reuse
+
+        return connection_reuse(self.state_dir, self.config.fleet.ssh_reuse_s)
 
     @property
     def debug(self) -> bool:

@@ -22,7 +22,14 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.debian_root import missing_tools, nspawn_boot_problem
-from tests.fixtures.fleet_hosts import Lab, agent_root, build_wheelhouse, hub_in_namespace, lab
+from tests.fixtures.fleet_hosts import (
+    FleetHost,
+    Lab,
+    agent_root,
+    build_wheelhouse,
+    hub_in_namespace,
+    lab,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -65,10 +72,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield the_lab
 
 
-def _status(fleet: Lab, *args: str) -> tuple[int, list[dict[str, object]], float]:
+def _status(fleet: Lab, *args: str,
+            env: dict[str, str] | None = None) -> tuple[int, list[dict[str, object]], float]:
     started = time.monotonic()
     result = fleet.hlctl("status", "--all", "--json", "--timeout", str(TIMEOUT_S),
-                         "-i", str(fleet.inventory()), *args)
+                         "-i", str(fleet.inventory()), *args, env=env)
     elapsed = time.monotonic() - started
     assert result.stderr == "" or result.returncode in (0, 1), result.stderr
     return result.returncode, json.loads(result.stdout), elapsed
@@ -94,6 +102,42 @@ def test_status_all_reports_every_host_with_its_health(fleet: Lab) -> None:
     human = fleet.hlctl("status", "--all", "-i", str(fleet.inventory()))
     assert human.returncode == 0, human.stderr
     assert "critical" in human.stdout and "gpu03" in human.stdout
+
+
+def _accepted_logins(host: FleetHost) -> int:
+    """sshd's "Accepted publickey" lines so far, one per new SSH connection: this ask's own
+    connection included."""
+    out = host.ssh("journalctl -u ssh.service -o cat --no-pager | grep -c 'Accepted publickey'",
+                   check=False).stdout
+    return int(out.strip() or 0)
+
+
+def test_answers_come_from_the_resident_agent_over_shared_connections(fleet: Lab) -> None:
+    """The second `status --all` opens no SSH connection, and each host's answer is the
+    socket-activated agent's (hlctl-agent.service is running afterwards)."""
+    code, _, _ = _status(fleet)
+    assert code == 0
+    assert len(list(fleet.ssh_control_dir.iterdir())) == 3  # a shared connection per host
+    before = [_accepted_logins(h) for h in fleet.hosts]
+    code, rows, _ = _status(fleet)
+    assert code == 0 and all(r["reachable"] for r in rows)
+    # one more each: the connection that asked
+    assert [_accepted_logins(h) for h in fleet.hosts] == [n + 1 for n in before]
+    for host in fleet.hosts:
+        state = host.ssh("systemctl is-active hlctl-agent.service", check=False)
+        assert state.stdout.strip() == "active", state.stdout + state.stderr
+
+
+def test_status_without_the_agent_is_worked_out_by_the_command(fleet: Lab) -> None:
+    host = fleet.hosts[1]
+    host.ssh("systemctl stop hlctl-agent.socket hlctl-agent.service")
+    try:
+        code, rows, _ = _status(fleet)
+    finally:
+        host.ssh("systemctl start hlctl-agent.socket")
+    assert code == 0
+    assert rows[1]["reachable"] and rows[1]["hostname"] == "gpu02"
+    assert rows[1]["health"] == "ok" and rows[1]["health_stale"] is False
 
 
 def test_health_all_exits_with_the_worst(fleet: Lab) -> None:
@@ -143,7 +187,9 @@ def test_a_host_without_sshd_is_refused_at_once(fleet: Lab) -> None:
     down = fleet.hosts[2]
     down.ssh("systemctl stop ssh.socket ssh.service", check=False)
     try:
-        code, rows, elapsed = _status(fleet)
+        # A shared connection outlives a stopped sshd (its session process stays), as on a
+        # real host: this test is about a refused connection, so it opens new ones.
+        code, rows, elapsed = _status(fleet, env={"HLCTL_FLEET__SSH_REUSE_S": "0"})
     finally:
         down.ssh_start()
     assert code == 1

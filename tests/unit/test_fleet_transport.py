@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from hlctl.fleet.transport import run_on_hosts, ssh_command
+from hlctl.fleet.transport import connection_reuse, run_on_hosts, ssh_command
 from hlctl.inventory import InventoryHost
 
 
@@ -94,3 +94,30 @@ def test_unreachable_ssh_is_a_line_not_an_exception() -> None:
 
 def test_no_hosts_no_work() -> None:
     assert run_on_hosts([], ["true"], timeout_s=1) == []
+
+
+def test_connection_reuse_shares_one_socket_per_connection(tmp_path: Path) -> None:
+    reuse = connection_reuse(tmp_path / "state", 60)
+    assert reuse is not None and reuse.persist_s == 60
+    assert (tmp_path / "state" / "ssh").stat().st_mode & 0o777 == 0o700
+
+    def control_path(vars_: dict[str, object], timeout_s: float = 20) -> str:
+        cmd = ssh_command(InventoryHost("h", ("all",), vars_), ["true"], timeout_s=timeout_s,
+                          reuse=reuse)
+        assert "ControlMaster=auto" in cmd and "ControlPersist=60" in cmd
+        return next(o for o in cmd if o.startswith("ControlPath="))
+
+    root = {"ansible_host": "10.0.0.5", "ansible_user": "root"}
+    assert control_path(root) == control_path(root, timeout_s=3)  # same connection
+    assert control_path(root) != control_path({**root, "ansible_user": "admin"})
+    assert control_path(root) != control_path({**root, "ansible_port": 2222})
+    assert len(control_path(root).removeprefix("ControlPath=")) < 107 - 17
+
+
+def test_connection_reuse_off_or_impossible_is_none(tmp_path: Path) -> None:
+    assert connection_reuse(tmp_path, 0) is None
+    assert connection_reuse(tmp_path / ("d" * 80), 60) is None  # no room for a socket path
+    (tmp_path / "file").write_text("")
+    assert connection_reuse(tmp_path / "file", 60) is None      # cannot make the directory
+    host = InventoryHost("h", ("all",), {})
+    assert not any("Control" in o for o in ssh_command(host, ["true"], timeout_s=5))

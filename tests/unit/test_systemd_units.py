@@ -13,6 +13,8 @@ import jinja2
 import pytest
 
 TEMPLATES = Path(__file__).parents[2] / "roles" / "gpu_healthcheck" / "templates"
+AGENT_TEMPLATES = Path(__file__).parents[2] / "roles" / "hlctl_agent" / "templates"
+AGENT_UNITS = ("hlctl-agent.socket", "hlctl-agent.service")
 UNITS = ("hlctl-health.service", "hlctl-health.timer")
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 
@@ -34,8 +36,8 @@ def _hlctl_bin() -> Path:
     return path
 
 
-def _render(name: str, **overrides: object) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+def _render(name: str, templates: Path = TEMPLATES, **overrides: object) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return env.get_template(f"{name}.j2").render(**{**VARIABLES, **overrides})
 
@@ -127,3 +129,39 @@ def test_templates_name_every_variable_they_need() -> None:
                                undefined=jinja2.StrictUndefined).get_template(
                 f"{name}.j2").render()
         _render(name, gpu_healthcheck_hlctl_bin="/x")  # complete with VARIABLES
+
+
+def _agent_unit(name: str, hlctl: str = "/usr/local/bin/hlctl") -> str:
+    return _render(name, AGENT_TEMPLATES, hlctl_agent_bin_link=hlctl,
+                   hlctl_agent_idle_exit_s=300, hlctl_agent_config_dir="/etc/hlctl",
+                   hlctl_agent_state_dir="/var/lib/hlctl")
+
+
+def test_systemd_analyze_verify_accepts_the_agent_units(tmp_path: Path) -> None:
+    if not Path(SYSTEMD_ANALYZE).exists():
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    hlctl = _hlctl_bin()
+    for name in AGENT_UNITS:
+        (tmp_path / name).write_text(_agent_unit(name, str(hlctl)))
+    run = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no",
+                          *(str(tmp_path / n) for n in AGENT_UNITS)],
+                         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert [line for line in output.splitlines()
+            if "hlctl-agent" in line or str(tmp_path) in line] == [], output
+
+
+def test_agent_socket_is_roots_and_starts_the_idle_exiting_agent() -> None:
+    socket_unit = _settings(_agent_unit("hlctl-agent.socket"))
+    # where `hlctl agent status` asks first
+    from hlctl.fleet.agent_client import DEFAULT_AGENT_SOCKET
+
+    assert socket_unit["Socket"]["ListenStream"] == [DEFAULT_AGENT_SOCKET]
+    assert socket_unit["Socket"]["SocketMode"] == ["0600"]
+    assert socket_unit["Install"]["WantedBy"] == ["sockets.target"]
+    service = _settings(_agent_unit("hlctl-agent.service"))["Service"]
+    assert service["ExecStart"] == ["/usr/local/bin/hlctl agent serve --idle-exit 300"]
+    assert "HLCTL_CONFIG=/etc/hlctl/hlctl.yaml" in service["Environment"]
+    assert service["ProtectSystem"] == ["strict"] and service["NoNewPrivileges"] == ["yes"]
+    assert service["ReadWritePaths"] == ["-/var/lib/hlctl"]

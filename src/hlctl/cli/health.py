@@ -121,7 +121,8 @@ def _fleet(app: AppContext, hosts: list[InventoryHost], timeout: float | None,
 
     timeout_s = timeout if timeout is not None else app.config.fleet.timeout_s
     results = [health_from_run(run) for run in
-               run_on_hosts(hosts, ["hlctl", "health", "--json"], timeout_s=timeout_s)]
+               run_on_hosts(hosts, ["hlctl", "health", "--json"], timeout_s=timeout_s,
+                            reuse=app.ssh_reuse())]
     worst = worst_exit_code(r.exit_code for r in results)
     if as_json:
         print_json({"schema": "hlctl.fleet-health/1", "exit_code": worst,

@@ -32,6 +32,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "down": ("hlctl.cli.stack:down", "Stop the llama-server + router stack, here or on hosts."),
     "restart": ("hlctl.cli.stack:restart", "Recreate the stack's containers, here or on hosts."),
     "logs": ("hlctl.cli.stack:logs", "Print the logs of llama-server or the router."),
+    "agent": ("hlctl.cli.agent:agent",
+              "This host's status for fleet commands, and the resident agent."),
 }
 
 

@@ -61,10 +61,9 @@ def _models_dir(app: AppContext, explicit: Path | None) -> Path:
 
 def lock_location(app: AppContext, models_dir: Path, explicit: Path | None) -> Path:
     """models.lock next to the lab config file; in the models dir when defaults are in use."""
-    if explicit is not None:
-        return explicit
-    source = app.loaded.source
-    return source.parent / "models.lock" if source is not None else models_dir / "models.lock"
+    from hlctl.models.lock import lock_path_for
+
+    return explicit if explicit is not None else lock_path_for(app.loaded.source, models_dir)
 
 
 def _hub_access(app: AppContext) -> tuple[str, str | None]:
@@ -241,7 +240,7 @@ def pull(ctx: click.Context, repo: str | None, file: str | None, quant: str | No
                 *(["--no-fit-check"] if no_fit_check else []),
                 *(["--vram", f"{vram:g}"] if vram else []), "--ctx", str(fit_ctx), "--json"]
         stdin = _lock_to_send(app, lock_path) if locked else None
-        _pull_on_hosts(selected, argv, stdin, timeout, as_json)
+        _pull_on_hosts(selected, argv, stdin, timeout, as_json, app.ssh_reuse())
         return
     root = _models_dir(app, models_dir)
     lock_file = lock_location(app, root, lock_path)
@@ -325,7 +324,7 @@ def _replace_lock_from_stdin(lock_file: Path) -> None:
 
 
 def _pull_on_hosts(hosts: list[Any], argv: list[str], stdin: bytes | None,
-                   timeout: float | None, as_json: bool) -> None:
+                   timeout: float | None, as_json: bool, reuse: Any) -> None:
     import math
     from dataclasses import asdict
 
@@ -335,7 +334,8 @@ def _pull_on_hosts(hosts: list[Any], argv: list[str], stdin: bytes | None,
     if not as_json:
         click.echo(f"pulling on {len(hosts)} host(s): {', '.join(h.name for h in hosts)}",
                    err=True)
-    runs = run_on_hosts(hosts, argv, timeout_s=timeout if timeout else math.inf, stdin=stdin)
+    runs = run_on_hosts(hosts, argv, timeout_s=timeout if timeout else math.inf, stdin=stdin,
+                        reuse=reuse)
     results = [pull_from_run(run) for run in runs]
     if as_json:
         print_json({"schema": "hlctl.fleet-pull/1", "hosts": [asdict(r) for r in results]})

@@ -135,7 +135,8 @@ def _up_command(action: str) -> Any:
         settings = _settings(app)
         outcomes = run_remote(selected, remote_argv(action, image_tag=image_tag,
                                                     dry_run=dry_run, check_only=check_only),
-                              timeout_s=settings.timeouts.remote_s)
+                              timeout_s=settings.timeouts.remote_s,
+                              reuse=app.ssh_reuse())
         _print_remote(outcomes, action, as_json)
 
     return command
@@ -191,7 +192,8 @@ def down(app: AppContext, hosts: tuple[str, ...], all_hosts: bool,
     from hlctl.stack.service import remote_argv, run_remote
 
     outcomes = run_remote(selected, remote_argv("down"),
-                          timeout_s=_settings(app).timeouts.remote_s)
+                          timeout_s=_settings(app).timeouts.remote_s,
+                          reuse=app.ssh_reuse())
     _print_remote(outcomes, "down", as_json)
 
 
@@ -234,7 +236,7 @@ def logs(app: AppContext, service: str, host: str | None, follow: bool, tail: in
 
     argv = ["hlctl", "logs", service, "--tail", str(tail)] + (["--follow"] if follow else [])
     outcome = run_remote(selected, argv, timeout_s=math.inf if follow else 120,
-                         on_output=echo, expect_json=False)[0]
+                         on_output=echo, expect_json=False, reuse=app.ssh_reuse())[0]
     if not outcome.ok:
         from hlctl.errors import HlctlError
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,7 +136,10 @@ def _fleet(app: AppContext, hosts: list[InventoryHost], timeout: float | None,
     from hlctl.fleet.transport import run_on_hosts
 
     timeout_s = timeout if timeout is not None else app.config.fleet.timeout_s
-    runs = run_on_hosts(hosts, ["hlctl", "status", "--json"], timeout_s=timeout_s)
+    # `hlctl agent status` prints what `hlctl status --json` does, from the host's resident
+    # agent when one listens (a socket read instead of a CLI start on each host).
+    runs = run_on_hosts(hosts, ["hlctl", "agent", "status"], timeout_s=timeout_s,
+                        reuse=app.ssh_reuse())
     rows = [row_from_run(run) for run in runs]
     if as_json:
         print_json(fleet_status_json(rows))
@@ -165,8 +167,9 @@ def status(app: AppContext, hosts: tuple[str, ...], all_hosts: bool, as_json: bo
 
     Without hosts: GPUs, Docker engine, models, router traffic and the last health check of
     this machine. With --all or HOST names (inventory hosts or groups): the same from every
-    host at once over SSH (`hlctl status --json` on each), one row per host; a host that
-    does not answer within --timeout is a row saying unreachable and slows no other.
+    host at once over SSH (`hlctl agent status` on each, answered by its resident agent), one
+    row per host; a host that does not answer within --timeout is a row saying unreachable
+    and slows no other.
     Exit 0, or 1 when a host is unreachable or its status failed; 2 on a usage, config or
     inventory error.
 
@@ -183,44 +186,9 @@ def status(app: AppContext, hosts: tuple[str, ...], all_hosts: bool, as_json: bo
         assert selected is not None
         _fleet(app, selected, timeout, as_json)
         return
-    from hlctl.cli.models_pull import lock_location
-    from hlctl.config import LabConfig
-    from hlctl.errors import HlctlError
-    from hlctl.fleet.local_status import (
-        gather_local_status,
-        health_summary,
-        probe_engine,
-        router_today,
-        scan_models,
-    )
-    from hlctl.gpu.check import read_last_result
-    from hlctl.gpu.nvml import kernel_xids_for_peek, read_snapshot
+    from hlctl.fleet.local_status import collect_local_status
 
-    config_error = None
-    try:
-        config = app.config
-        source = str(app.loaded.source) if app.loaded.source else None
-    except HlctlError as exc:
-        # Status still runs on a broken config: it is where people look first.
-        config, source, config_error = LabConfig(), None, str(exc)
-    now = app.clock()
-    taken_at = now.isoformat(timespec="seconds")
-    host = socket.gethostname()
-    # Peek at the kernel log's XIDs: consuming them is the health timer's job.
-    snapshot = read_snapshot(
-        xid_source=kernel_xids_for_peek(config.state_dir) if config.health.xid.kernel_log
-        else None)
-    last = read_last_result(config.state_dir)
-    lock = (lock_location(app, config.models_dir, None) if config_error is None
-            else config.models_dir / "models.lock")
-    result = gather_local_status(
-        host=host, taken_at=taken_at, snapshot=snapshot, thresholds=config.health,
-        config_source=source, config_error=config_error, models_dir=config.models_dir,
-        docker_probe=lambda: probe_engine(app.environ),
-        last_health=last,
-        health=health_summary(last, now, config.fleet.stale_after_s),
-        models=scan_models(config.models_dir, lock),
-        router=router_today(config.state_dir, now))
+    result = collect_local_status(app)
     if as_json:
         print_json(result.to_dict())
     else:

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hlctl.config import HealthThresholds
 from hlctl.gpu.check import result_age_s
 from hlctl.gpu.health import evaluate_health
 from hlctl.gpu.snapshot import HostSnapshot
+
+if TYPE_CHECKING:
+    from hlctl.context import AppContext
 
 STATUS_SCHEMA = "hlctl.status/1"
 
@@ -288,3 +292,37 @@ def gather_local_status(*, host: str, taken_at: str, snapshot: HostSnapshot,
         models_dir=models_dir_status(models_dir) if models_dir is not None else None,
         last_health=last_health, health=health, containers=containers, models=models,
         router=router)
+
+
+def collect_local_status(app: AppContext) -> LocalStatus:
+    """This machine's status under ``app``'s config and environment: what `hlctl status`
+    prints, and what the resident agent answers for each request."""
+    from hlctl.config import LabConfig
+    from hlctl.errors import HlctlError
+    from hlctl.gpu.check import read_last_result
+    from hlctl.gpu.nvml import kernel_xids_for_peek, read_snapshot
+    from hlctl.models.lock import lock_path_for
+
+    config_error = None
+    try:
+        config = app.config
+        source = app.loaded.source
+    except HlctlError as exc:
+        # Status still runs on a broken config: it is where people look first.
+        config, source, config_error = LabConfig(), None, str(exc)
+    now = app.clock()
+    # Peek at the kernel log's XIDs: consuming them is the health timer's job.
+    snapshot = read_snapshot(
+        xid_source=kernel_xids_for_peek(config.state_dir) if config.health.xid.kernel_log
+        else None)
+    last = read_last_result(config.state_dir)
+    return gather_local_status(
+        host=socket.gethostname(), taken_at=now.isoformat(timespec="seconds"),
+        snapshot=snapshot, thresholds=config.health,
+        config_source=str(source) if source else None, config_error=config_error,
+        models_dir=config.models_dir,
+        docker_probe=lambda: probe_engine(app.environ),
+        last_health=last,
+        health=health_summary(last, now, config.fleet.stale_after_s),
+        models=scan_models(config.models_dir, lock_path_for(source, config.models_dir)),
+        router=router_today(config.state_dir, now))

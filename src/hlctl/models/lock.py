@@ -119,6 +119,11 @@ def from_data(data: Any, source: Path) -> ModelsLock:
     return ModelsLock(models=models)
 
 
+def lock_path_for(config_source: Path | None, models_dir: Path) -> Path:
+    """models.lock next to the lab config file; in the models dir when defaults are in use."""
+    return (config_source.parent if config_source is not None else models_dir) / LOCK_FILE_NAME
+
+
 def read_lock(path: Path) -> ModelsLock:
     """The lock at PATH; an empty lock when the file does not exist yet."""
     if not path.exists():

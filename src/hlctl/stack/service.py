@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hlctl import __version__
 from hlctl.errors import ConfigError, HlctlError
@@ -32,6 +32,9 @@ from hlctl.stack.envfile import (
 from hlctl.stack.interpolate import llama_command, load_compose
 from hlctl.stack.offload import check_offload, parse_offload
 from hlctl.stack.settings import StackSettings
+
+if TYPE_CHECKING:
+    from hlctl.fleet.transport import ConnectionReuse
 
 GIB = 1 << 30
 
@@ -259,13 +262,14 @@ def outcome_of(run: Any, *, expect_json: bool = True) -> HostOutcome:
 
 
 def run_remote(hosts: Sequence[Any], argv: Sequence[str], *, timeout_s: float,
-               transport: Callable[..., list[Any]] | None = None,
+               reuse: ConnectionReuse | None = None,
                on_output: Callable[[str, str], None] | None = None,
                expect_json: bool = True) -> list[HostOutcome]:
     """Run ``argv`` (an ``hlctl ... --json`` command) on every host in parallel."""
-    if transport is None:
-        from hlctl.fleet.transport import run_on_hosts as transport
-    runs = transport(hosts, list(argv), timeout_s=timeout_s, on_output=on_output)
+    from hlctl.fleet.transport import run_on_hosts
+
+    runs = run_on_hosts(hosts, list(argv), timeout_s=timeout_s, on_output=on_output,
+                        reuse=reuse)
     return [outcome_of(r, expect_json=expect_json) for r in runs]
 
 
