@@ -3,14 +3,16 @@
 The upstreams here are tests/fixtures/router_stub.py, a simulator at the wire boundary in
 llama-server's shape: it makes the failures that a real server cannot be made to produce on
 demand (in-band errors, cut streams, slow first chunks, 5xx). The same behaviour against the
-real llama-server is in test_router_llama.py.
+real llama-server is in test_router_llama.py. Every case runs on both front ends: the
+router's own HTTP server (what `router serve` runs) and aiohttp.web (``Router.web_app``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -26,6 +28,7 @@ from tests.fixtures.router_env import (
     running_router,
 )
 from tests.fixtures.router_stub import ServerThread, StubBehavior, StubUpstream
+from tests.integration.test_router_server import running_fast_router
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -46,11 +49,19 @@ def cloud() -> Iterator[tuple[StubUpstream, ServerThread]]:
     server.stop()
 
 
+Runner = Callable[..., AbstractContextManager[RunningRouter]]
+
+
+@pytest.fixture(params=["own-server", "aiohttp"])
+def serve(request: pytest.FixtureRequest) -> Runner:
+    return running_fast_router if request.param == "own-server" else running_router
+
+
 @pytest.fixture
 def hl(local: tuple[StubUpstream, ServerThread], cloud: tuple[StubUpstream, ServerThread],
-       tmp_path: Path) -> Iterator[RunningRouter]:
+       tmp_path: Path, serve: Runner) -> Iterator[RunningRouter]:
     settings = router_settings([local[1].url], cloud[1].url)
-    with running_router(settings, tmp_path) as running:
+    with serve(settings, tmp_path) as running:
         yield running
 
 
@@ -155,12 +166,12 @@ def test_streaming_fallback_before_first_chunk(hl: RunningRouter, local, cloud) 
     assert len(cloud[0].state.requests) == 1
 
 
-def test_first_chunk_timeout_falls_back(local, cloud, tmp_path: Path) -> None:
+def test_first_chunk_timeout_falls_back(local, cloud, tmp_path: Path, serve: Runner) -> None:
     local[0].behavior.first_chunk_delay_s = 5
     local[0].behavior.pings_first = 2  # pings do not count as a first chunk
     settings = router_settings([local[1].url], cloud[1].url,
                                timeouts={"first_chunk_s": 0.5, "connect_s": 1})
-    with running_router(settings, tmp_path) as hl:
+    with serve(settings, tmp_path) as hl:
         started = time.monotonic()
         raw = client(hl).chat.completions.with_raw_response.create(
             model="auto", messages=MESSAGES, stream=True)
@@ -199,10 +210,10 @@ def test_client_disconnect_closes_the_upstream(hl: RunningRouter, local) -> None
     assert hl.ledger_rows(wait_for=1)[0]["status"] == 499
 
 
-def test_budget_spent_gives_429_for_cloud(local, cloud, tmp_path: Path) -> None:
+def test_budget_spent_gives_429_for_cloud(local, cloud, tmp_path: Path, serve: Runner) -> None:
     settings = router_settings([local[1].url], cloud[1].url,
                                monthly_cloud_budget_usd=0.00001)
-    with running_router(settings, tmp_path) as hl:
+    with serve(settings, tmp_path) as hl:
         first = client(hl).chat.completions.create(model="cloud", messages=MESSAGES)
         assert first.model == "cloud-model"
         with pytest.raises(openai.RateLimitError) as info:
@@ -273,12 +284,13 @@ def test_recorded_llama_transcripts_replay(hl: RunningRouter, local, transcript:
     assert row["tokens_estimated"] == (0 if usage_in_ledger else 1)
 
 
-def test_silence_after_first_chunk_ends_with_inband_error(local, tmp_path: Path) -> None:
+def test_silence_after_first_chunk_ends_with_inband_error(local, tmp_path: Path,
+                                                         serve: Runner) -> None:
     """stream_idle_s bounds each wait after the first chunk (the router's own timer)."""
     local[0].behavior.chunk_delay_s = 2
     settings = router_settings([local[1].url], None,
                                timeouts={"first_chunk_s": 5, "stream_idle_s": 0.3})
-    with running_router(settings, tmp_path) as hl:
+    with serve(settings, tmp_path) as hl:
         received = []
         started = time.monotonic()
         with pytest.raises(openai.APIError) as info:

@@ -245,3 +245,23 @@ def test_build_head_and_parse_url() -> None:
         b"GET /health HTTP/1.1\r\nHost: h:8080\r\n")
     with pytest.raises(ValueError):
         parse_url("ftp://h/")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_reads_of_whole_chunks_decode_in_one_pass(seed: int) -> None:
+    """The fast path for reads that end on a chunk boundary gives the exact decoder's result."""
+    rnd = random.Random(seed)
+    payloads = [rnd.randbytes(rnd.randrange(1, 50)) for _ in range(rnd.randrange(1, 10))]
+    if seed % 4 == 0:
+        payloads[0] = b"a\r\n3\r\nxyz"  # CRLFs inside a payload: the split is not the framing
+    last = seed % 2 == 0
+    wire = chunked(payloads)[:None if last else -5]  # without "0\r\n\r\n" when not the last
+    decoder = ChunkedDecoder()
+    assert decoder.feed(wire) == b"".join(payloads)
+    assert decoder.done == last
+
+
+@pytest.mark.parametrize("wire", [b"3\r\nabc\r\n00\r\n\r\n", b"3\r\nabc\r\n0\r\nX: 1\r\n\r\n"])
+def test_last_chunk_spellings_end_the_body(wire: bytes) -> None:
+    decoder = ChunkedDecoder()
+    assert decoder.feed(wire) == b"abc" and decoder.done

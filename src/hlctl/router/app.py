@@ -1,8 +1,11 @@
-"""The router's HTTP service (aiohttp): auth, limits, routing, failover, ledger, metrics.
+"""The router's HTTP service: auth, limits, routing, failover, ledger, metrics.
 
-Errors the router answers itself use OpenAI's shape ``{"error": {message, type, param,
-code}}`` so that clients raise their usual exceptions. Every response carries
-``X-HL-Routed-To``, ``X-HL-Route-Reason`` and ``X-HL-Overhead-Ms``.
+The handlers take an ``Inbound`` request and answer a ``Reply`` (or stream into a
+``Sink``); ``serve_forever`` serves them with the router's own HTTP/1.1 server (server.py),
+``Router.web_app()`` with aiohttp.web. Errors the router answers itself use OpenAI's
+shape ``{"error": {message, type, param, code}}`` so that clients raise their usual
+exceptions. Every response carries ``X-HL-Routed-To``, ``X-HL-Route-Reason`` and
+``X-HL-Overhead-Ms``.
 """
 
 from __future__ import annotations
@@ -42,12 +45,21 @@ from hlctl.router.policy import (
 )
 from hlctl.router.power import PowerMeter
 from hlctl.router.pricing import CloudPrices, EnergyPrice, Timings, Usage, cost
-from hlctl.router.relay import Outcome, PassThrough, StreamRelay, UpstreamFailure, post_json
+from hlctl.router.relay import (
+    Outcome,
+    PassThrough,
+    SseResponse,
+    StreamRelay,
+    UpstreamFailure,
+    post_json,
+)
+from hlctl.router.server import FastServer, Inbound, Reply, Sink
 from hlctl.router.upstreams import Backend, UpstreamPool
 
 log = logging.getLogger(__name__)
 PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions",
                               "embeddings": "/embeddings"}
+_POST_PATHS: dict[str, Endpoint] = {"/v1" + path: endpoint for endpoint, path in PATHS.items()}
 _TRUE = ("1", "true", "yes", "on")
 _INCLUDE_USAGE = b', "stream_options": {"include_usage": true}}'
 
@@ -58,10 +70,50 @@ class KeyInfo:
     scope: str
 
 
-def error_response(status: int, code: str, message: str, type_: str = "invalid_request_error",
-                   headers: Mapping[str, str] | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    return web.json_response(body, status=status, headers=headers)
+def error_body(message: str, code: str, type_: str = "invalid_request_error") -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": None,
+                                 "code": code}}).encode()
+
+
+def error_reply(status: int, code: str, message: str, type_: str = "invalid_request_error",
+                headers: Mapping[str, str] | None = None) -> Reply:
+    return Reply(status, error_body(message, code, type_), dict(headers or {}))
+
+
+def json_reply(body: Any, status: int = 200) -> Reply:
+    return Reply(status, json.dumps(body).encode())
+
+
+def _server_error_body(status: int, message: str) -> bytes:
+    # Errors the HTTP layer answers before a handler runs (bad request line, 431 ...).
+    return error_body(message, "bad_request" if status < 500 else "server_error",
+                      "invalid_request_error" if status < 500 else "server_error")
+
+
+class _AioSink(Sink):
+    """A streamed answer through aiohttp.web (``Router.web_app``)."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: SseResponse | None = None
+
+    async def start(self, status: int, headers: Mapping[str, str], data: bytes,
+                    end: bool = False) -> None:
+        self.response = SseResponse(status=status, headers={
+            **headers, "Content-Type": "text/event-stream"})
+        await self.response.prepare(self.request)
+        if end:
+            await self.response.write_eof(data)
+        elif data:
+            await self.response.write(data)
+
+    async def write(self, data: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(data)
+
+    async def end(self, data: bytes) -> None:
+        assert self.response is not None
+        await self.response.write_eof(data)
 
 
 class ApiError(Exception):
@@ -146,33 +198,60 @@ class Router:
             stale_after_s=gpu.stale_after_s, recheck_s=gpu.recheck_s, clock=clock)
             if gpu.divert else None)
 
+    async def dispatch(self, request: Inbound, sink: Sink) -> Reply | None:
+        """Answer one request (None: it was streamed into ``sink``)."""
+        method = "GET" if request.method == "HEAD" else request.method
+        if method == "POST":
+            endpoint = _POST_PATHS.get(request.path)
+            if endpoint is not None:
+                return await self._handle(request, endpoint, sink)
+        elif method == "GET":
+            if request.path == "/health":
+                return self._health()
+            if request.path == "/v1/models":
+                return self._models(request)
+            if request.path == "/metrics":
+                return self._metrics(request)
+        return self._error(RouteError(404, "unknown_url",
+                                      f"no endpoint {request.method} {request.path}"),
+                           time.perf_counter())
+
     def web_app(self) -> web.Application:
+        """The same service on aiohttp.web (the tests' fixtures run it in a thread)."""
         app = web.Application(client_max_size=self.settings.max_body_bytes)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/completions", self._completions)
-        app.router.add_post("/v1/embeddings", self._embeddings)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_route("*", "/{tail:.*}", self._unknown)
-        app.on_startup.append(self._startup)
-        app.on_cleanup.append(self._cleanup)
+        app.router.add_route("*", "/{tail:.*}", self._aiohttp)
+        app.on_startup.append(lambda _app: self.startup())
+        app.on_cleanup.append(lambda _app: self.cleanup())
         return app
 
-    async def _startup(self, _app: web.Application) -> None:
+    async def _aiohttp(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body: bytes | None = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            body = None
+        sink = _AioSink(request)
+        reply = await self.dispatch(Inbound(request.method, request.path, request.headers, body,
+                                            request.content_length), sink)
+        if reply is None:
+            assert sink.response is not None
+            return sink.response
+        return web.Response(status=reply.status, body=reply.body,
+                            headers={**reply.headers, "Content-Type": reply.content_type})
+
+    async def startup(self) -> None:
         self.ledger.open()
         await self.pool.start()
         await self.power.start()
 
-    async def _cleanup(self, _app: web.Application) -> None:
+    async def cleanup(self) -> None:
         await self.power.close()
         await self.pool.close()
         await asyncio.to_thread(self.ledger.close)
 
     # -- edges -------------------------------------------------------------------------
 
-    def _auth(self, request: web.Request) -> KeyInfo:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    def _auth(self, request: Inbound) -> KeyInfo:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "missing_api_key",
                            "send 'Authorization: Bearer <key>' with a key from the lab config")
@@ -181,15 +260,11 @@ class Router:
             raise ApiError(401, "invalid_api_key", "the API key is not one of the router's keys")
         return key
 
-    async def _read_json(self, request: web.Request) -> tuple[dict[str, Any], bytes]:
+    def _read_json(self, request: Inbound) -> tuple[dict[str, Any], bytes]:
         limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        raw = request.body
+        if raw is None or len(raw) > limit:
             raise ApiError(413, "request_too_large", f"the request body is over {limit} bytes")
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ApiError(413, "request_too_large",
-                           f"the request body is over {limit} bytes") from None
         try:
             body = json.loads(raw)
         except ValueError as exc:
@@ -200,25 +275,16 @@ class Router:
 
     # -- handlers ----------------------------------------------------------------------
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, "chat")
-
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, "completions")
-
-    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, "embeddings")
-
-    async def _models(self, request: web.Request) -> web.StreamResponse:
+    def _models(self, request: Inbound) -> Reply:
         try:
             self._auth(request)
         except ApiError as exc:
             return self._error(exc.error, time.perf_counter())
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "hlctl"}
                 for name in self.policy.aliases]
-        return web.json_response({"object": "list", "data": data})
+        return json_reply({"object": "list", "data": data})
 
-    async def _health(self, _request: web.Request) -> web.StreamResponse:
+    def _health(self) -> Reply:
         upstreams = self.pool.describe()
         ok = self.pool.local_up() or self.pool.cloud is not None
         body: dict[str, Any] = {"status": "ok" if ok and self.pool.local_up() else
@@ -228,9 +294,9 @@ class Router:
             body["local_gpu_health"] = {"code": gpu.code, "state": gpu.why,
                                         "age_s": None if gpu.age_s is None
                                         else round(gpu.age_s, 1)}
-        return web.json_response(body, status=200 if ok else 503)
+        return json_reply(body, status=200 if ok else 503)
 
-    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+    def _metrics(self, request: Inbound) -> Reply:
         try:
             self._auth(request)
         except ApiError as exc:
@@ -245,33 +311,28 @@ class Router:
         m.local_gpu_health.set(self.gpu_health.current().code if self.gpu_health else 3)
         m.ledger_rows.set(self.ledger.written)
         m.ledger_errors.set(self.ledger.write_errors)
-        return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE})
-
-    async def _unknown(self, request: web.Request) -> web.StreamResponse:
-        return self._error(RouteError(404, "unknown_url",
-                                      f"no endpoint {request.method} {request.path}"),
-                           time.perf_counter())
+        return Reply(200, m.render(), content_type=CONTENT_TYPE)
 
     def _error(self, error: RouteError, started: float,
-               decision: RouteDecision | None = None) -> web.Response:
+               decision: RouteDecision | None = None) -> Reply:
         headers = {"X-HL-Routed-To": "none",
                    "X-HL-Route-Reason": decision.reason if decision else error.code,
                    "X-HL-Overhead-Ms": f"{(time.perf_counter() - started) * 1000:.3f}"}
-        return error_response(error.status, error.code, error.message, error.type, headers)
+        return error_reply(error.status, error.code, error.message, error.type, headers)
 
-    async def _handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    async def _handle(self, request: Inbound, endpoint: Endpoint, sink: Sink) -> Reply | None:
         started = time.perf_counter()
         try:
             key = self._auth(request)
-            body, raw = await self._read_json(request)
+            body, raw = self._read_json(request)
         except ApiError as exc:
             return self._error(exc.error, started)
         model = body.get("model")
         route_request = RouteRequest(
             model=model if isinstance(model, str) and model else None,
             key_scope=key.scope,
-            private_header=request.headers.get("X-HL-Private", "").lower() in _TRUE,
-            route_override=request.headers.get("X-HL-Route") or None,
+            private_header=request.headers.get("x-hl-private", "").lower() in _TRUE,
+            route_override=request.headers.get("x-hl-route") or None,
             prompt_text=prompt_text(body, endpoint),
             reasoning=bool(body.get("reasoning_effort")),
             endpoint=endpoint)
@@ -282,7 +343,7 @@ class Router:
                                 self.policy)
         if decision.reason == LOCAL_UNHEALTHY and decision.target == "cloud":
             self.metrics.fallbacks.labels(LOCAL_UNHEALTHY).inc()
-        exchange = _Exchange(self, request, key, body, raw, endpoint, route_request, started)
+        exchange = _Exchange(self, sink, key, body, raw, endpoint, route_request, started)
         try:
             return await exchange.run(decision)
         except (asyncio.CancelledError, ConnectionResetError):
@@ -298,11 +359,11 @@ class Router:
 class _Exchange:
     """One client request through its attempts (local, then perhaps cloud)."""
 
-    def __init__(self, router: Router, request: web.Request, key: KeyInfo,
+    def __init__(self, router: Router, sink: Sink, key: KeyInfo,
                  body: dict[str, Any], raw: bytes, endpoint: Endpoint,
                  route_request: RouteRequest, started: float) -> None:
         self.router = router
-        self.request = request
+        self.sink = sink
         self.key = key
         self.body = body
         self.raw = raw
@@ -313,7 +374,7 @@ class _Exchange:
         options = body.get("stream_options")
         self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
 
-    async def run(self, decision: RouteDecision) -> web.StreamResponse:
+    async def run(self, decision: RouteDecision) -> Reply | None:
         router = self.router
         outcome = Outcome()
         backend: Backend | None = None
@@ -334,9 +395,7 @@ class _Exchange:
                         router.metrics.fallbacks.labels(failure.kind).inc()
                 except PassThrough as passed:
                     outcome.status = passed.status
-                    return web.Response(status=passed.status, body=passed.body,
-                                        content_type="application/json",
-                                        headers=self._headers(decision, backend))
+                    return Reply(passed.status, passed.body, self._headers(decision, backend))
             assert decision.error is not None
             outcome.status = decision.error.status
             backend = None
@@ -363,7 +422,7 @@ class _Exchange:
         return upstream_body(self.body, self.raw, model, self.stream, self.include_usage)
 
     async def _attempt(self, decision: RouteDecision, backend: Backend,
-                       outcome: Outcome) -> web.StreamResponse:
+                       outcome: Outcome) -> Reply | None:
         router = self.router
         timeouts = router.settings.timeouts
         data = self._payload(backend, decision)
@@ -374,16 +433,16 @@ class _Exchange:
         backend.in_flight += 1
         try:
             if self.stream:
-                relay = StreamRelay(self.request, backend, include_usage=self.include_usage,
+                relay = StreamRelay(self.sink, backend, include_usage=self.include_usage,
                                     connect_s=timeouts.connect_s,
                                     first_chunk_s=timeouts.first_chunk_s,
                                     idle_s=timeouts.stream_idle_s)
                 relay.outcome = outcome
                 outcome.overhead_s = before_upstream - self.started
-                response = await relay.run(client, path, data,
-                                           self._headers(decision, backend), self.started)
+                await relay.run(client, path, data, self._headers(decision, backend),
+                                self.started)
                 router.pool.report_success(backend)
-                return response
+                return None
             status, raw = await post_json(client, backend, path, data,
                                           connect_s=timeouts.connect_s,
                                           total_s=timeouts.response_s)
@@ -402,8 +461,7 @@ class _Exchange:
             outcome.overhead_s = (before_upstream - self.started
                                   + time.perf_counter() - received)
             headers["X-HL-Overhead-Ms"] = f"{outcome.overhead_s * 1000:.3f}"
-            return web.Response(status=status, body=raw, content_type="application/json",
-                                headers=headers)
+            return Reply(status, raw, headers)
         finally:
             backend.in_flight -= 1
 
@@ -449,8 +507,9 @@ async def serve_forever(router: Router, host: str, port: int) -> None:
 
     A client that disconnects cancels its handler, which closes the upstream stream.
     """
-    runner = web.AppRunner(router.web_app(), handler_cancellation=True, access_log=None)
-    await runner.setup()
+    await router.startup()
+    server = FastServer(router.dispatch, max_body=router.settings.max_body_bytes,
+                        error_body=_server_error_body)
     # The process is the router's alone. What is loaded now lives as long as it: keep the
     # cyclic GC from walking it, and collect young objects less often (a request makes a
     # few hundred short-lived objects, nearly all freed by reference counting).
@@ -462,12 +521,12 @@ async def serve_forever(router: Router, host: str, port: int) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
         try:
-            await site.start()
+            await server.start(host, port, backlog=1024)
         except OSError as exc:
             raise HlctlError(f"cannot listen on {host}:{port}: {exc.strerror}",
                              hint="pick another --port or stop what listens there") from None
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await server.close()
+        await router.cleanup()

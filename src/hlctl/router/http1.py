@@ -190,6 +190,11 @@ class ChunkedDecoder:
         if self.pending:
             data = self.pending + data
             self.pending = b""
+        elif not (self.left or self.crlf or self.trailer) and data.endswith(b"\r\n"):
+            whole = _whole_chunks(data)
+            if whole is not None:
+                payload, self.done = whole
+                return payload
         out: list[bytes] = []
         pos, end = 0, len(data)
         find = data.find
@@ -242,6 +247,33 @@ class ChunkedDecoder:
             else:
                 self.left = size
         return out[0] if len(out) == 1 else b"".join(out)
+
+
+def _whole_chunks(data: bytes) -> tuple[bytes, bool] | None:
+    """Decode reads made of whole chunks with C-speed splits (a stream's usual reads).
+
+    The CRLFs split ``data`` into size lines and payloads; that is the framing only if
+    every payload's length is the size before it (a payload holding a CRLF fails that
+    check, from the first chunk on, and leaves the exact decoder to it). Returns the
+    payload and whether the last chunk came, or None to decode step by step.
+    """
+    parts = data[:-2].split(b"\r\n")
+    if len(parts) % 2:
+        return None
+    sizes = parts[0::2]
+    payloads = parts[1::2]
+    try:
+        lengths = [int(size, 16) for size in sizes]
+    except ValueError:  # an extension (1a;name=value) or not a size at all
+        return None
+    if lengths != list(map(len, payloads)):
+        return None
+    if 0 in lengths:
+        # The last chunk: allowed only at the very end, and without trailers.
+        if lengths[-1] != 0 or lengths.count(0) != 1:
+            return None
+        return b"".join(payloads), True
+    return b"".join(payloads), False
 
 
 def _chunk_size(line: bytes) -> int:

@@ -18,12 +18,13 @@ import aiohttp
 from aiohttp import web
 
 from hlctl.router.http1 import Http1Client, Response, build_head
+from hlctl.router.server import Sink
 from hlctl.router.upstreams import Backend
 
 # Byte strings that make an SSE batch worth parsing event by event.
 _MARKS = (b'"usage"', b'"timings"', b'"error"', b"[DONE]", b"error:")
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-               "X-Accel-Buffering": "no"}
+# With the stream's Content-Type (text/event-stream), which each Sink sets.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class SseResponse(web.StreamResponse):
@@ -113,9 +114,9 @@ async def post_json(client: Http1Client, backend: Backend, path: str, data: byte
 class StreamRelay:
     """Pass one upstream SSE stream to the client, committing at the first real chunk."""
 
-    def __init__(self, request: web.Request, backend: Backend, *, include_usage: bool,
+    def __init__(self, sink: Sink, backend: Backend, *, include_usage: bool,
                  connect_s: float, first_chunk_s: float, idle_s: float) -> None:
-        self.request = request
+        self.sink = sink
         self.backend = backend
         self.include_usage = include_usage
         self.connect_s = connect_s
@@ -125,7 +126,7 @@ class StreamRelay:
         self.done = False
 
     async def run(self, client: Http1Client, path: str, data: bytes,
-                  headers: dict[str, str], started: float) -> web.StreamResponse:
+                  headers: dict[str, str], started: float) -> None:
         """``started`` is when the router began this request; headers carry the overhead."""
         out = self.outcome
         deadline = asyncio.get_running_loop().time() + self.first_chunk_s
@@ -139,14 +140,12 @@ class StreamRelay:
         try:
             reader, first, rest = await self._open(resp, deadline)
             received = time.perf_counter()
-            stream = SseResponse(status=200, headers={**SSE_HEADERS, **headers})
+            headers = {**SSE_HEADERS, **headers}
             out.overhead_s += time.perf_counter() - received
-            stream.headers["X-HL-Overhead-Ms"] = f"{(out.overhead_s) * 1000:.3f}"
-            await stream.prepare(self.request)
+            headers["X-HL-Overhead-Ms"] = f"{(out.overhead_s) * 1000:.3f}"
             out.status = 200
             out.first_chunk_at = time.perf_counter()
-            await self._pump(stream, reader, first, rest)
-            return stream
+            await self._pump(headers, reader, first, rest)
         finally:
             # Closing (not pooling) a half-read answer drops the socket, so llama-server
             # sees the disconnect and frees the slot.
@@ -266,10 +265,17 @@ class StreamRelay:
                 out.append(event + b"\n\n")  # keep-alives keep the client's proxies open
         return False
 
-    async def _pump(self, stream: web.StreamResponse, reader: SseReader, first: bytes,
+    async def _pump(self, headers: dict[str, str], reader: SseReader, first: bytes,
                     rest: bytes) -> None:
-        """Send what the upstream sends as it arrives: one write per upstream read."""
+        """Send what the upstream sends as it arrives: one write per upstream read.
+
+        The status and headers leave with the first frames, and the frames of the read
+        that ends the stream with the end itself (a socket write costs more than all the
+        router's Python per chunk).
+        """
         out = self.outcome
+        sink = self.sink
+        committed = False
         loop = asyncio.get_running_loop()
         idle_s = self.idle_s
         frames: list[bytes] = []
@@ -278,12 +284,14 @@ class StreamRelay:
             frames.append(b"data: " + chunk + b"\n\n")
         ended = self._frames(rest, frames) if rest else False
         try:
-            # The frames of the read that ends the stream go out with the end itself (one
-            # write for the tail, the [DONE] and the chunked terminator).
             while not ended:
                 if frames:
                     try:
-                        await stream.write(b"".join(frames))
+                        if committed:
+                            await sink.write(b"".join(frames))
+                        else:
+                            await sink.start(200, headers, b"".join(frames))
+                            committed = True
                     except (OSError, aiohttp.ClientError):
                         out.client_gone = True
                         return
@@ -302,7 +310,10 @@ class StreamRelay:
                 frames.append(error_frame(
                     f"the {self.backend.kind} upstream stopped mid-stream ({out.cut})",
                     "stream_cut"))
-            await stream.write_eof(b"".join(frames))
+            if committed:
+                await sink.end(b"".join(frames))
+            else:
+                await sink.start(200, headers, b"".join(frames), end=True)
         except (OSError, aiohttp.ClientError):
             out.client_gone = True
 
