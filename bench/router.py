@@ -317,37 +317,50 @@ async def throughput(url: str, headers: dict[str, str], stream: bool, clients: i
 
 
 async def latency(targets: dict[str, tuple[str, dict[str, str]]], stream: bool,
-                  count: int) -> dict[str, list[float]]:
-    """1-client latency of every target, their requests interleaved one by one.
+                  count: int, burst: int = 10) -> dict[str, list[float]]:
+    """1-client latency of every target, in short bursts, the targets in a shuffled order.
 
-    One request to each target in a shuffled order, again and again: a shared machine's load
-    changes from second to second, and interleaving gives every target the same share of
-    it, where a target measured alone for a few seconds may draw a quiet or a busy spell.
+    A burst is one request that is not counted, then ``burst`` that are. The uncounted one
+    pays for what the previous target left running (the stub finishing its last answer,
+    LiteLLM's background logging, a proxy's bookkeeping after its last byte), which a
+    client of one proxy alone never meets; measured one request per target in turn, every
+    proxied request paid for its predecessor, and paid more than a direct one (it spans
+    more processes), so every proxy's added latency grew with the number of targets.
+    Bursts in a new order each round still give every target the same share of a shared
+    machine's load, which changes from second to second. ``burst=0``: the old way, one
+    counted request per target in turn.
     """
     data = json.dumps({**BODY, "stream": stream}).encode()
     out: dict[str, list[float]] = {name: [] for name in targets}
     sessions = {name: aiohttp.ClientSession() for name in targets}
+
+    async def one(name: str) -> float:
+        url, headers = targets[name]
+        started = time.perf_counter()
+        ok = await _one(sessions[name], url, data,
+                        {**headers, "Content-Type": "application/json"}, stream)
+        if not ok:
+            raise RuntimeError(f"{url}: a request failed during the latency run")
+        return (time.perf_counter() - started) * 1000
+
     try:
         names = list(targets)
         order = random.Random(4)  # the same shuffles every run
-        for i in range(count + 20):
-            # A new order each time: a request's cost depends on what ran just before it
-            # (the stub still finishing the last answer: the one right after a direct
-            # request pays for it), so every target follows every other equally often.
+        for name in names:
+            for _ in range(20):  # warm the connection and the caches
+                await one(name)
+        size = max(burst, 1)
+        for _ in range(-(-count // size)):
             order.shuffle(names)
             for name in names:
-                url, headers = targets[name]
-                started = time.perf_counter()
-                ok = await _one(sessions[name], url, data,
-                                {**headers, "Content-Type": "application/json"}, stream)
-                if not ok:
-                    raise RuntimeError(f"{url}: a request failed during the latency run")
-                if i >= 20:  # the first 20 warm the connection and the caches
-                    out[name].append((time.perf_counter() - started) * 1000)
+                if burst:
+                    await one(name)  # settles what the previous target left: not counted
+                for _ in range(size):
+                    out[name].append(await one(name))
     finally:
         for session in sessions.values():
             await session.close()
-    return out
+    return {name: values[:count] for name, values in out.items()}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -356,10 +369,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run(targets: dict[str, tuple[str, dict[str, str]]], seconds: float,
-        count: int, repeats: int = 1, latency_only: bool = False) -> list[Result]:
+        count: int, repeats: int = 1, latency_only: bool = False,
+        burst: int = 10) -> list[Result]:
     """Throughput once per target, then ``repeats`` rounds of 1-client latency.
 
-    The latency rounds interleave the targets request by request, so a round's figures
+    The latency rounds interleave the targets in short bursts, so a round's figures
     share the machine's load of that moment (this machine is shared); a target's p50 and p99 are
     the medians of its rounds' figures, and the added latency is computed per round
     against that round's direct figure before taking the median (see ``report``).
@@ -378,7 +392,7 @@ def run(targets: dict[str, tuple[str, dict[str, str]]], seconds: float,
             rates[name] = ((0.0, 0) if latency_only
                            else asyncio.run(throughput(url, headers, stream, 64, seconds)))
         for _ in range(repeats):
-            for name, lat in asyncio.run(latency(targets, stream, count)).items():
+            for name, lat in asyncio.run(latency(targets, stream, count, burst)).items():
                 rounds[name].append((statistics.median(lat), pct(lat, 0.99)))
         for name in targets:
             rps, errors = rates[name]
@@ -448,6 +462,9 @@ def main() -> int:
                         help="also bare pass-throughs on aiohttp.web and Starlette/uvicorn")
     parser.add_argument("--repeats", type=int, default=1,
                         help="1-client latency rounds per target, interleaved; medians reported")
+    parser.add_argument("--burst", type=int, default=10,
+                        help="1-client requests per target in a row, after one uncounted "
+                        "(0: one request per target in turn, all counted)")
     parser.add_argument("--latency-only", action="store_true",
                         help="skip the 64-client throughput runs")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT", action="append",
@@ -462,7 +479,7 @@ def main() -> int:
         print(f"cores: {os.cpu_count()}; litellm "
               f"{litellm_version() if not args.no_litellm else 'skipped'}", file=sys.stderr)
         summary = report(run(servers.targets, args.seconds, args.count, args.repeats,
-                                 args.latency_only))
+                                 args.latency_only, args.burst))
     finally:
         servers.stop()
     if args.json:

@@ -51,6 +51,7 @@ from hlctl.router.relay import (
     SseResponse,
     StreamRelay,
     UpstreamFailure,
+    parse_kept_chunks,
     post_json,
 )
 from hlctl.router.server import FastServer, Inbound, Reply, Sink
@@ -470,6 +471,7 @@ class _Exchange:
         router = self.router
         elapsed = finished - self.started
         route = decision.target if decision.error is None and backend is not None else "none"
+        parse_kept_chunks(outcome)
         usage = Usage.from_json(outcome.usage)
         estimated = usage is None and route != "none"
         if usage is None:

@@ -21,8 +21,9 @@ from hlctl.router.http1 import Http1Client, Response, build_head
 from hlctl.router.server import Sink
 from hlctl.router.upstreams import Backend
 
-# Byte strings that make an SSE batch worth parsing event by event.
-_MARKS = (b'"usage"', b'"timings"', b'"error"', b"[DONE]", b"error:")
+# Byte strings that make an SSE batch worth parsing event by event ("error" stands for both
+# the JSON key and the event field).
+_MARKS = (b'"usage"', b'"timings"', b"error", b"[DONE]")
 # With the stream's Content-Type (text/event-stream), which each Sink sets.
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -58,10 +59,30 @@ class Outcome:
     timings: dict[str, Any] | None = None
     chunks: int = 0  # content chunks streamed; a token count when the stream was cut
     first_chunk_at: float | None = None  # perf_counter when the first chunk was committed
+    # The last streamed chunks with usage and with timings, parsed once the answer is out.
+    usage_chunk: bytes | None = None
+    timings_chunk: bytes | None = None
     cut: str | None = None  # why a committed stream ended early
     client_gone: bool = False
     overhead_s: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+
+
+def parse_kept_chunks(out: Outcome) -> None:
+    """Usage and timings from the stream's kept chunks (after the answer has gone out)."""
+    parsed: dict[int, Any] = {}
+    for raw, key in ((out.usage_chunk, "usage"), (out.timings_chunk, "timings")):
+        if raw is None:
+            continue
+        obj = parsed.get(id(raw))
+        if obj is None:
+            try:
+                obj = parsed[id(raw)] = json.loads(raw)
+            except ValueError:
+                continue
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if isinstance(value, dict):
+            setattr(out, key, value)
 
 
 def error_frame(message: str, code: str, type_: str = "upstream_error") -> bytes:
@@ -199,26 +220,29 @@ class StreamRelay:
         raise UpstreamFailure("empty-stream")
 
     def _filter(self, payload: bytes) -> bytes | None:
-        """Note usage and timings; drop the usage chunk the client did not ask for."""
-        if b'"usage"' not in payload and b'"timings"' not in payload:
-            self.outcome.chunks += 1
+        """Keep usage and timings for the ledger; drop the usage the client did not ask for.
+
+        Chunks are kept as bytes and parsed after the answer has gone out; only a chunk
+        with both choices and usage (which must lose its usage on the way) is parsed now.
+        """
+        out = self.outcome
+        if b'"timings"' in payload:
+            out.timings_chunk = payload
+        if b'"usage"' not in payload or b'"usage":null' in payload:
             return payload
+        out.usage_chunk = payload
+        if self.include_usage:
+            return payload
+        if b'"choices":[]' in payload:
+            return None  # the extra usage-only chunk that we asked for, not the client
         try:
             obj = json.loads(payload)
         except ValueError:
             return payload
-        if not isinstance(obj, dict):
-            return payload
-        if isinstance(obj.get("usage"), dict):
-            self.outcome.usage = obj["usage"]
-        if isinstance(obj.get("timings"), dict):
-            self.outcome.timings = obj["timings"]
-        if obj.get("choices"):
-            self.outcome.chunks += 1
-        if self.include_usage or obj.get("usage") is None:
+        if not isinstance(obj, dict) or obj.get("usage") is None:
             return payload
         if not obj.get("choices"):
-            return None  # the extra usage-only chunk that we asked for, not the client
+            return None
         del obj["usage"]
         return json.dumps(obj).encode()
 
@@ -234,12 +258,10 @@ class StreamRelay:
             if at >= 0 and (first < 0 or at < first):
                 first = at
         if first < 0:
-            self.outcome.chunks += raw.count(b"data:")
             out.append(raw)
             return False
         cut = raw.rfind(b"\n\n", 0, first) + 2
         if cut > 2:
-            self.outcome.chunks += raw.count(b"data:", 0, cut)
             out.append(raw[:cut])
             raw = raw[cut:]
         events = split_events(raw)
@@ -286,15 +308,18 @@ class StreamRelay:
         try:
             while not ended:
                 if frames:
+                    data = b"".join(frames)
                     try:
                         if committed:
-                            await sink.write(b"".join(frames))
+                            await sink.write(data)
                         else:
-                            await sink.start(200, headers, b"".join(frames))
+                            await sink.start(200, headers, data)
                             committed = True
                     except (OSError, aiohttp.ClientError):
                         out.client_gone = True
                         return
+                    # Counted once sent: a token estimate, for a stream cut before its usage.
+                    out.chunks += data.count(b"data:")
                     frames = []
                 raw = await reader.batch(loop.time() + idle_s)
                 if raw is None:
@@ -310,10 +335,12 @@ class StreamRelay:
                 frames.append(error_frame(
                     f"the {self.backend.kind} upstream stopped mid-stream ({out.cut})",
                     "stream_cut"))
+            data = b"".join(frames)
             if committed:
-                await sink.end(b"".join(frames))
+                await sink.end(data)
             else:
-                await sink.start(200, headers, b"".join(frames), end=True)
+                await sink.start(200, headers, data, end=True)
+            out.chunks += data.count(b"data:") - 1  # less the [DONE] or the error frame
         except (OSError, aiohttp.ClientError):
             out.client_gone = True
 
