@@ -27,6 +27,7 @@ from hlctl.fleet.settings import FleetSettings
 from hlctl.provision.settings import ProxmoxSettings, VmSettings
 from hlctl.router.config import RouterSettings
 from hlctl.secret import SecretRef
+from hlctl.settingsmodel import StrictModel, require_unique_names
 from hlctl.stack.settings import StackSettings
 from hlctl.yamlfile import read_yaml_file
 
@@ -38,11 +39,7 @@ HOST_CONFIG_PATH = Path("/etc/hlctl/hlctl.yaml")
 _RESERVED_ENV = {"HLCTL_CONFIG", "HLCTL_DEBUG"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TemperatureThresholds(_Strict):
+class TemperatureThresholds(StrictModel):
     slowdown_margin_c: float = Field(5, ge=0, le=30, description=(
         "WARNING this many degrees below the card's own slowdown threshold"))
     crit_c: float = Field(90, gt=0, le=150, description=(
@@ -64,7 +61,7 @@ DEFAULT_CRITICAL_XIDS = (46, 48, 62, 64, 74, 79, 95, 119, 120)
 DEFAULT_WARNING_XIDS = (13, 31, 43, 45, 63, 68, 92, 94, 109)
 
 
-class XidThresholds(_Strict):
+class XidThresholds(StrictModel):
     critical: tuple[int, ...] = DEFAULT_CRITICAL_XIDS
     warning: tuple[int, ...] = DEFAULT_WARNING_XIDS
     kernel_log: bool = Field(True, description="read NVRM Xid lines from the kernel log")
@@ -77,7 +74,7 @@ class XidThresholds(_Strict):
         return self
 
 
-class HealthThresholds(_Strict):
+class HealthThresholds(StrictModel):
     temperature: TemperatureThresholds = TemperatureThresholds()
     fan_stopped_above_c: float = Field(60, ge=0, le=150, description=(
         "a fan at 0% above this temperature is a WARNING"))
@@ -86,25 +83,22 @@ class HealthThresholds(_Strict):
     xid: XidThresholds = XidThresholds()
 
 
-class Webhook(_Strict):
+class Webhook(StrictModel):
     name: str = Field(min_length=1)
     url: str = Field(pattern=r"^https?://")
     kind: Literal["json", "ntfy"] = "json"
     token: SecretRef | None = None  # sent as a bearer token
 
 
-class Alerts(_Strict):
-    webhooks: list[Webhook] = []
+class Alerts(StrictModel):
+    webhooks: list[Webhook] = Field(default_factory=list)
     heartbeat_url: str | None = Field(None, pattern=r"^https?://")
     timeout_s: float = Field(5, gt=0, le=60)
 
     @field_validator("webhooks")
     @classmethod
     def _unique_names(cls, hooks: list[Webhook]) -> list[Webhook]:
-        names = [h.name for h in hooks]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"webhook name {duplicates[0]!r} is used twice")
+        require_unique_names((h.name for h in hooks), "webhook name")
         return hooks
 
 
@@ -113,7 +107,7 @@ def _xdg(var: str, fallback: str) -> Path:
     return Path(value) if value else Path.home() / fallback
 
 
-class LabConfig(_Strict):
+class LabConfig(StrictModel):
     models_dir: Path = Field(default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share")
                              / "hlctl" / "models")
     state_dir: Path = Field(default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state")
@@ -124,7 +118,7 @@ class LabConfig(_Strict):
     stack: StackSettings = StackSettings()
     fleet: FleetSettings = FleetSettings()
     proxmox: ProxmoxSettings | None = None
-    vms: dict[str, VmSettings] = {}
+    vms: dict[str, VmSettings] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _vms_need_proxmox(self) -> LabConfig:

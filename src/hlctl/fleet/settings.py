@@ -3,12 +3,12 @@ health result is stale."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from hlctl.settingsmodel import StrictModel
 
 
-class FleetSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class FleetSettings(StrictModel):
     timeout_s: float = Field(20, gt=0, le=3600, description=(
         "how long `hlctl status|health --all` waits for each host (connect and answer)"))
     stale_after_s: float = Field(180, gt=0, description=(

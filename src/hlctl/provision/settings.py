@@ -13,20 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hlctl.errors import ConfigError
 from hlctl.secret import SecretRef
+from hlctl.settingsmodel import StrictModel
 
 TOKEN_ID = r"^[^@!\s]+@[^@!\s]+![A-Za-z][\w.-]*$"
 PCI_ADDRESS = r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(\.[0-7])?$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProxmoxSettings(_Strict):
+class ProxmoxSettings(StrictModel):
     endpoint: str = Field(pattern=r"^https://[^/:\s]+(:\d+)?/?$", description=(
         "the Proxmox API base, https://HOST:8006 (no /api2/json)"))
     node: str = Field("pve", min_length=1, description=(
@@ -60,7 +57,7 @@ class ProxmoxSettings(_Strict):
         return f"https://{self.host}:{self.port}/api2/json"
 
 
-class VmSettings(_Strict):
+class VmSettings(StrictModel):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$", description=(
         "VM name in Proxmox (default: the inventory host name)"))
     vmid: int | None = Field(None, ge=100, le=999_999_999, description=(
@@ -129,7 +126,7 @@ class VmSettings(_Strict):
         return self
 
 
-class ProvisionConfig(_Strict):
+class ProvisionConfig(StrictModel):
     """The two top-level keys this module reads from hlctl.yaml."""
 
     proxmox: ProxmoxSettings | None = Field(None, description="the Proxmox API (see above)")

@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -18,6 +16,7 @@ from pydantic import (
 )
 
 from hlctl.secret import SecretRef
+from hlctl.settingsmodel import StrictModel, require_unique_names
 
 if TYPE_CHECKING:
     from hlctl.config import LabConfig
@@ -25,11 +24,7 @@ if TYPE_CHECKING:
 BUILTIN_ALIASES = ("local", "cloud", "auto")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RouterKey(_Strict):
+class RouterKey(StrictModel):
     name: str = Field(min_length=1, description=(
         "who holds the key; shown in the ledger and `hlctl usage --by key`, never the key"))
     secret: SecretRef = Field(description="the bearer key itself: {env: NAME} or {file: PATH}")
@@ -37,7 +32,7 @@ class RouterKey(_Strict):
         "local-only keys make every request private: it never reaches the cloud"))
 
 
-class LocalBackend(_Strict):
+class LocalBackend(StrictModel):
     name: str = Field(min_length=1, description="label in /health, metrics and the ledger")
     url: str = Field(pattern=r"^https?://[^/]+", description=(
         "llama-server base URL without /v1, e.g. http://gpu01:8080"))
@@ -48,7 +43,7 @@ class LocalBackend(_Strict):
         "the server's context size; prompts estimated above it go to the cloud under auto"))
 
 
-class CloudProvider(_Strict):
+class CloudProvider(StrictModel):
     name: str = Field("cloud", min_length=1, description="label in metrics and the ledger")
     url: str = Field(pattern=r"^https?://[^/]+", description=(
         "OpenAI-compatible base URL including /v1, e.g. https://api.openai.com/v1"))
@@ -59,7 +54,7 @@ class CloudProvider(_Strict):
     output_usd_per_1m: float = Field(ge=0, description="price per 1M completion tokens, USD")
 
 
-class AliasSpec(_Strict):
+class AliasSpec(StrictModel):
     route: Literal["local", "cloud", "auto"] = Field(description="where this alias goes")
     private: bool = Field(False, description="requests naming this alias never reach the cloud")
     model: str | None = Field(None, description=(
@@ -67,7 +62,7 @@ class AliasSpec(_Strict):
         "cloud.model)"))
 
 
-class ComplexityRules(_Strict):
+class ComplexityRules(StrictModel):
     keywords: tuple[str, ...] = Field((), description=(
         "under auto, a prompt containing any of these (case-insensitive) goes to the cloud"))
     max_prompt_chars: int | None = Field(None, ge=1, description=(
@@ -76,7 +71,7 @@ class ComplexityRules(_Strict):
         "under auto, a request with reasoning_effort set goes to the cloud"))
 
 
-class RouterTimeouts(_Strict):
+class RouterTimeouts(StrictModel):
     connect_s: float = Field(2, gt=0, le=60, description="TCP connect to an upstream")
     first_chunk_s: float = Field(20, gt=0, le=600, description=(
         "streaming: no chunk with choices by then is a failure (falls back before commit)"))
@@ -89,14 +84,14 @@ class RouterTimeouts(_Strict):
         "keep-alive (llama-server: 5 s) so a reused socket is never already closed"))
 
 
-class Energy(_Strict):
+class Energy(StrictModel):
     watts: float = Field(350, gt=0, description=(
         "GPU power while generating, used when NVML cannot be read"))
     use_nvml: bool = Field(True, description="read the GPUs' power draw when NVML is available")
     usd_per_kwh: float = Field(0.12, ge=0, description="electricity price")
 
 
-class GpuHealth(_Strict):
+class GpuHealth(StrictModel):
     divert: bool = Field(True, description=(
         "while the local GPU's latest health result is CRITICAL, send non-private auto "
         "traffic to the cloud (reason local_unhealthy); private and explicit local stay local"))
@@ -110,7 +105,7 @@ class GpuHealth(_Strict):
         "the file's mtime is checked at most this often; it is read only when it changed"))
 
 
-class EconomicsDefaults(_Strict):
+class EconomicsDefaults(StrictModel):
     gpu_price_usd: float = Field(1500, ge=0, description="what the GPU cost")
     gpu_lifetime_years: float = Field(3, gt=0, description="years to write the GPU off over")
     hours_per_day: float = Field(8, ge=0, le=24, description="hours a day the GPU works")
@@ -119,7 +114,7 @@ class EconomicsDefaults(_Strict):
         "share of those tokens that are prompt (input) tokens"))
 
 
-class RouterSettings(_Strict):
+class RouterSettings(StrictModel):
     """Everything `hlctl router serve` needs; see hlctl.example.yaml."""
 
     host: str = Field("127.0.0.1", description="listen address (0.0.0.0 for the LAN)")
@@ -154,19 +149,13 @@ class RouterSettings(_Strict):
     @field_validator("keys")
     @classmethod
     def _unique_key_names(cls, keys: list[RouterKey]) -> list[RouterKey]:
-        names = [k.name for k in keys]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"key name {duplicates[0]!r} is used twice")
+        require_unique_names((k.name for k in keys), "key name")
         return keys
 
     @field_validator("local")
     @classmethod
     def _unique_backend_names(cls, local: list[LocalBackend]) -> list[LocalBackend]:
-        names = [b.name for b in local]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"backend name {duplicates[0]!r} is used twice")
+        require_unique_names((b.name for b in local), "backend name")
         return local
 
     @model_validator(mode="after")

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-if TYPE_CHECKING:
-    pass
+from hlctl.settingsmodel import StrictModel
 
 # [registry[:port]/]path, lower case, no tag and no digest
 _IMAGE_REPO = re.compile(r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:(?:[._-]|__|/)[a-z0-9]+)*$")
@@ -24,11 +23,7 @@ _CUDA = re.compile(r"^\d+\.\d+\.\d+$")
 _ARCH = re.compile(r"^\d+\.\d+$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StackTimeouts(_Strict):
+class StackTimeouts(StrictModel):
     up_s: float = Field(900, gt=0, le=7200, description=(
         "`docker compose up --wait` may take this long (a large model loads for minutes)"))
     down_s: float = Field(120, gt=0, le=3600, description=(
@@ -37,7 +32,7 @@ class StackTimeouts(_Strict):
         "a remote `hlctl up|down|restart` on a host (over SSH) may take this long"))
 
 
-class StackSettings(_Strict):
+class StackSettings(StrictModel):
     """What runs on each GPU host; see hlctl.example.yaml."""
 
     image_repo: str = Field("hlctl/llama-server-cuda", description=(
