@@ -5,23 +5,18 @@ Both run the real tools from this venv (the provision extra); they skip when it 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.ansible_tools import ansible_env
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PLAYBOOKS = sorted((REPO / "playbooks").glob("*.yml"))
 INVENTORY = REPO / "src" / "hlctl" / "templates" / "hosts.example.yml"
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-            "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 @pytest.mark.slow
@@ -30,7 +25,7 @@ def test_proxmox_vm_role_and_playbook_pass_the_production_profile() -> None:
     result = subprocess.run(
         [str(BIN / "ansible-lint"), "--offline", "--profile", "production", "--nocolor",
          "roles/proxmox_vm", "playbooks/vm.yml"],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "Profile 'production' was required, and it passed" in result.stderr + result.stdout
 
@@ -41,7 +36,7 @@ def test_proxmox_vm_role_and_playbook_pass_the_production_profile() -> None:
 def test_every_playbook_passes_the_syntax_check(playbook: Path) -> None:
     result = subprocess.run(
         [str(BIN / "ansible-playbook"), "--syntax-check", "-i", str(INVENTORY), str(playbook)],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
 

@@ -6,13 +6,13 @@ installed.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.ansible_tools import ansible_env, ansible_tool
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -22,32 +22,20 @@ HOST_ROLES = ("nvidia_driver", "nvidia_container_toolkit", "docker", "model_stor
 pytestmark = pytest.mark.slow
 
 
-def _tool(name: str) -> str:
-    path = BIN / name
-    if not path.exists() and shutil.which(name) is None:
-        pytest.skip(f"{name} is not installed (pip install 'hlctl[provision,dev]')")
-    return str(path if path.exists() else shutil.which(name))
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "NO_COLOR": "1",
-            "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-
-
 def test_host_roles_and_playbook_pass_ansible_lint_production() -> None:
-    lint = _tool("ansible-lint")
+    lint = ansible_tool("ansible-lint")
     targets = [f"roles/{role}" for role in HOST_ROLES] + ["playbooks/gpu_host.yml"]
     proc = subprocess.run([lint, "--profile", "production", "--offline", "--nocolor",
-                           *targets], cwd=REPO, env=_env(), text=True, capture_output=True,
+                           *targets], cwd=REPO, env=ansible_env(), text=True, capture_output=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
 
 
 def test_gpu_host_playbook_syntax() -> None:
-    playbook = _tool("ansible-playbook")
+    playbook = ansible_tool("ansible-playbook")
     inventory = REPO / "src/hlctl/templates/hosts.example.yml"
     proc = subprocess.run([playbook, "--syntax-check", "-i", str(inventory),
-                           "playbooks/gpu_host.yml"], cwd=REPO, env=_env(), text=True,
+                           "playbooks/gpu_host.yml"], cwd=REPO, env=ansible_env(), text=True,
                           capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -7,8 +7,6 @@ itself cannot run here: no Docker engine (see roles/llm_stack/README.md).
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,36 +14,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fixtures.ansible_tools import ansible_env, ansible_tool
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 ROLE = REPO / "roles" / "llm_stack"
 
 
-def _tool(name: str) -> str:
-    path = BIN / name
-    if not path.exists() and shutil.which(name) is None:
-        pytest.skip(f"{name} is not installed (pip install 'hlctl[provision,dev]')")
-    return str(path if path.exists() else shutil.which(name))
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "NO_COLOR": "1",
-            "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-
-
 @pytest.mark.slow
 def test_llm_stack_role_and_playbook_pass_ansible_lint_production() -> None:
-    proc = subprocess.run([_tool("ansible-lint"), "--profile", "production", "--offline",
+    proc = subprocess.run([ansible_tool("ansible-lint"), "--profile", "production", "--offline",
                            "--nocolor", "roles/llm_stack", "playbooks/stack.yml"], cwd=REPO,
-                          env=_env(), text=True, capture_output=True, timeout=600)
+                          env=ansible_env(), text=True, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "Profile 'production' was required, and it passed" in proc.stdout + proc.stderr
 
 
 def test_stack_playbook_syntax() -> None:
-    proc = subprocess.run([_tool("ansible-playbook"), "--syntax-check", "-i",
+    proc = subprocess.run([ansible_tool("ansible-playbook"), "--syntax-check", "-i",
                            str(REPO / "src/hlctl/templates/hosts.example.yml"),
-                           "playbooks/stack.yml"], cwd=REPO, env=_env(), text=True,
+                           "playbooks/stack.yml"], cwd=REPO, env=ansible_env(), text=True,
                           capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
