@@ -199,18 +199,28 @@ class Servers:
                                            env={**os.environ, **(env or {})},
                                            start_new_session=True))
 
+    def _wait(self, url: str, timeout: float, log: str) -> None:
+        """Wait for the last spawned server; if it never answers, say what its log says."""
+        try:
+            wait_http(url, timeout)
+        except RuntimeError as exc:
+            path = Path(self.tmp.name) / f"{log}.log"
+            tail = path.read_text(errors="replace")[-2000:] if path.exists() else ""
+            raise RuntimeError(f"{exc}; exit status {self.procs[-1].poll()}; "
+                               f"the end of its log:\n{tail}") from None
+
     def start(self) -> None:
         stub, hl = free_port(), free_port()
         self._spawn([sys.executable, "-m", "tests.fixtures.router_stub", "--port", str(stub),
                      "--chunks", "50"], log="stub")
-        wait_http(f"http://127.0.0.1:{stub}/health", 30)
+        self._wait(f"http://127.0.0.1:{stub}/health", 30, "stub")
         self.targets["direct"] = (f"http://127.0.0.1:{stub}/v1/chat/completions", {})
         # Started exactly as the --baseline routers are, so that they compare like for like.
         self._spawn([sys.executable, str(ROOT / "bench" / "router.py"), "_serve_hlctl",
                      str(hl), f"http://127.0.0.1:{stub}", tempfile.mkdtemp(dir=self.tmp.name)],
                     env={"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}, log="hlctl")
         auth = {"Authorization": f"Bearer {BENCH_KEY}"}
-        wait_http(f"http://127.0.0.1:{hl}/health", 30)
+        self._wait(f"http://127.0.0.1:{hl}/health", 30, "hlctl")
         self.targets["hlctl"] = (f"http://127.0.0.1:{hl}/v1/chat/completions", auth)
         for checkout in self.baseline:
             # Another checkout's router (e.g. `git worktree add /tmp/base HEAD~1`), measured
@@ -222,7 +232,7 @@ class Servers:
                          str(base), f"http://127.0.0.1:{stub}",
                          tempfile.mkdtemp(dir=self.tmp.name)],
                         env={"PYTHONPATH": f"{src / 'src'}{os.pathsep}{src}"}, log=name)
-            wait_http(f"http://127.0.0.1:{base}/health", 30)
+            self._wait(f"http://127.0.0.1:{base}/health", 30, name)
             self.targets[name] = (f"http://127.0.0.1:{base}/v1/chat/completions", auth)
         if self.frameworks:
             peer_python = ensure_litellm().parent / "python"  # has starlette and uvicorn
@@ -230,7 +240,7 @@ class Servers:
                 port = free_port()
                 self._spawn([python, __file__, "_serve_minimal", name, str(port),
                              f"http://127.0.0.1:{stub}"], log=f"min-{name}")
-                wait_http(f"http://127.0.0.1:{port}/health", 60)
+                self._wait(f"http://127.0.0.1:{port}/health", 60, f"min-{name}")
                 self.targets[f"bare-{name}"] = (
                     f"http://127.0.0.1:{port}/v1/chat/completions", {})
         if self.with_litellm:
@@ -247,7 +257,7 @@ class Servers:
                         env={"LITELLM_MASTER_KEY": BENCH_KEY,
                              "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                              "LITELLM_LOG": "ERROR"}, log="litellm")
-            wait_http(f"http://127.0.0.1:{lp}/health/liveliness", 180)
+            self._wait(f"http://127.0.0.1:{lp}/health/liveliness", 180, "litellm")
             self.targets["litellm"] = (f"http://127.0.0.1:{lp}/v1/chat/completions", auth)
 
     def stop(self) -> None:

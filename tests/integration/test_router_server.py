@@ -164,3 +164,14 @@ def test_stream_and_keep_alive_with_httpx(hl: RunningRouter,
             assert http.get("/v1/models").json()["data"]
             assert http.head("/health").status_code == 200
     assert len(hl.ledger_rows(wait_for=3)) == 3
+
+
+def test_http10_stream_ends_with_the_connection(hl: RunningRouter) -> None:
+    body = json.dumps({"model": "local", "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    got = raw_exchange(hl, post("/v1/chat/completions", body).replace(b"HTTP/1.1", b"HTTP/1.0",
+                                                                      1), answers=99)
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head
+    assert b"Transfer-Encoding" not in head
+    assert rest.startswith(b"data: {") and rest.endswith(b"data: [DONE]\n\n")

@@ -90,12 +90,14 @@ _date = _Date()
 
 def response_head(status: int, headers: Mapping[str, str], content_type: str,
                   length: int | None, close: bool) -> bytes:
-    """Status line and headers; ``length`` None means a chunked body."""
+    """Status line and headers; ``length`` None: a chunked body, -1: ended by the close."""
     lines = [b"HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\n"
              % (status, _REASONS.get(status, "Unknown").encode(), _date(),
                 content_type.encode("latin-1"))]
-    lines.append(b"Transfer-Encoding: chunked\r\n" if length is None
-                 else b"Content-Length: %d\r\n" % length)
+    if length is None:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif length >= 0:
+        lines.append(b"Content-Length: %d\r\n" % length)
     if close:
         lines.append(b"Connection: close\r\n")
     for name, value in headers.items():
@@ -116,6 +118,7 @@ class _Pending:
 
     inbound: Inbound
     keep_alive: bool
+    http10: bool = False
     length: int | None = None  # Content-Length
     chunked: ChunkedDecoder | None = None
     parts: list[bytes] = field(default_factory=list)
@@ -232,6 +235,7 @@ class HttpProtocol(asyncio.Protocol, Sink):
             pending.inbound.body = (pending.parts[0] if len(pending.parts) == 1
                                     else b"".join(pending.parts))
         self._head_only = pending.inbound.method == "HEAD"
+        self._http10 = pending.http10
         self.task = self.loop.create_task(self._run(pending.inbound))
 
     def _parse_head(self, head: bytes) -> _Pending:
@@ -260,7 +264,8 @@ class HttpProtocol(asyncio.Protocol, Sink):
         keep_alive = ("close" not in connection if version == "HTTP/1.1"
                       else "keep-alive" in connection)
         path = target.partition("?")[0]
-        pending = _Pending(Inbound(method, path, headers, None), keep_alive)
+        pending = _Pending(Inbound(method, path, headers, None), keep_alive,
+                           http10=version == "HTTP/1.0")
         coding = headers.get("transfer-encoding")
         if coding is not None:
             if "content-length" in headers:
@@ -344,6 +349,7 @@ class HttpProtocol(asyncio.Protocol, Sink):
 
     _started = False  # a streamed answer's head has been sent
     _head_only = False  # a HEAD request: the answer's head without its body
+    _http10 = False  # an HTTP/1.0 request: no chunked answers
 
     def _reply_now(self, reply: Reply) -> None:
         if self.closed or self.transport is None:
@@ -361,21 +367,31 @@ class HttpProtocol(asyncio.Protocol, Sink):
         if self.closed or self.transport is None:
             raise ConnectionResetError("the client went away")
         self._started = True
-        head = response_head(status, headers, "text/event-stream", None, not self.keep_alive)
-        chunk = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
-        self.transport.write(head + chunk + b"0\r\n\r\n" if end else head + chunk)
+        if self._http10:
+            # No chunked framing for HTTP/1.0: the body ends when the connection does.
+            self.keep_alive = False
+            self.transport.write(response_head(status, headers, "text/event-stream", -1, True)
+                                 + data)
+        else:
+            head = response_head(status, headers, "text/event-stream", None,
+                                 not self.keep_alive)
+            chunk = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+            self.transport.write(head + chunk + b"0\r\n\r\n" if end else head + chunk)
         await self._drained()
 
     async def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             raise ConnectionResetError("the client went away")
         if data:
-            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.transport.write(data if self._http10 else b"%x\r\n%s\r\n" % (len(data), data))
             await self._drained()
 
     async def end(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             raise ConnectionResetError("the client went away")
+        if self._http10:
+            self.transport.write(data)
+            return
         self.transport.write((b"%x\r\n%s\r\n" % (len(data), data) if data else b"")
                              + b"0\r\n\r\n")
 
