@@ -1,8 +1,9 @@
 """What the fleet commands make of each host's answer: pure functions over HostRun.
 
-``hlctl status --all`` runs ``hlctl status --json`` on every host and turns each answer into
-a FleetRow; ``hlctl health --all`` turns ``hlctl health --json`` answers into HostHealth and
-the worst exit code; ``hlctl models pull --host/--all`` turns pull answers into HostPull.
+``hlctl status --all`` runs ``hlctl agent status`` (the ``hlctl status --json`` document) on
+every host and turns each answer into a FleetRow; ``hlctl health --all`` turns ``hlctl
+health --json`` answers into HostHealth and the worst exit code; ``hlctl models pull
+--host/--all`` turns pull answers into HostPull.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hlctl.errors import UsageError
+from hlctl.fleet.local_status import ContainerLine, GpuLine
 from hlctl.fleet.transport import HostRun
 from hlctl.inventory import Inventory, InventoryHost
 
@@ -74,32 +76,13 @@ def _last_line(text: str) -> str:
 # -- status ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class GpuCell:
-    index: int
-    name: str | None
-    temperature_c: float | None
-    utilization_gpu_pct: float | None
-    memory_used_bytes: int | None
-    memory_total_bytes: int | None
-    health: str
-
-
-@dataclass(frozen=True)
-class ContainerCell:
-    name: str
-    state: str
-    health: str | None
-    image: str
-
-
-@dataclass(frozen=True)
 class FleetRow:
     host: str
     reachable: bool
     error: str | None = None  # unreachable, or the remote status failed
     seconds: float = 0.0
     hostname: str | None = None
-    gpus: list[GpuCell] = field(default_factory=list)
+    gpus: list[GpuLine] = field(default_factory=list)
     gpu_error: str | None = None
     health: str | None = None  # latest recorded health state; None: none recorded
     health_exit_code: int | None = None
@@ -107,7 +90,7 @@ class FleetRow:
     health_age_s: float | None = None
     health_stale: bool | None = None
     docker_reachable: bool | None = None
-    containers: list[ContainerCell] | None = None
+    containers: list[ContainerLine] | None = None
     models_ok: int | None = None
     models_total: int | None = None
     router_requests: int | None = None
@@ -115,7 +98,7 @@ class FleetRow:
 
 
 def row_from_run(run: HostRun) -> FleetRow:
-    """One table row from one host's ``hlctl status --json`` (schema hlctl.status/1)."""
+    """One table row from one host's status document (schema hlctl.status/1)."""
     seconds = round(run.seconds, 3)
     if not run.reachable:
         return FleetRow(run.host, False, error=run.error or "unreachable", seconds=seconds)
@@ -124,18 +107,21 @@ def row_from_run(run: HostRun) -> FleetRow:
             "hlctl.status/"):
         return FleetRow(run.host, True, error=problem or "not an hlctl status document",
                         seconds=seconds)
-    gpus = [GpuCell(index=int(g.get("index", i)), name=g.get("name"),
+    # The host's own lines, read leniently: a host on another hlctl version may lack a key.
+    gpus = [GpuLine(index=int(g.get("index", i)), name=g.get("name"),
                     temperature_c=g.get("temperature_c"),
                     utilization_gpu_pct=g.get("utilization_gpu_pct"),
                     memory_used_bytes=g.get("memory_used_bytes"),
                     memory_total_bytes=g.get("memory_total_bytes"),
-                    health=str(g.get("health", "unknown")))
+                    power_draw_w=g.get("power_draw_w"), power_limit_w=g.get("power_limit_w"),
+                    health=str(g.get("health", "unknown")),
+                    findings=[str(f) for f in g.get("findings") or []])
             for i, g in enumerate(data.get("gpus") or [])]
     health: Mapping[str, Any] = data.get("health") or {}
     docker: Mapping[str, Any] = data.get("docker") or {}
     raw_containers = data.get("containers")
     containers = None if raw_containers is None else [
-        ContainerCell(str(c.get("name")), str(c.get("state")), c.get("health"),
+        ContainerLine(str(c.get("name")), str(c.get("state")), c.get("health"),
                       str(c.get("image"))) for c in raw_containers]
     models: Mapping[str, Any] = data.get("models") or {}
     router: Mapping[str, Any] = data.get("router") or {}
