@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.debian_root import missing_tools, nspawn_boot_problem
+from tests.fixtures.debian_root import nspawn_boot_problem, skip_module_unless_root_with
 from tests.fixtures.fleet_hosts import (
     FleetHost,
     Lab,
@@ -33,12 +33,8 @@ from tests.fixtures.fleet_hosts import (
 
 pytestmark = pytest.mark.slow
 
-if os.geteuid() != 0:
-    pytest.skip("needs root (debootstrap, chroot, netns, systemd-nspawn)",
-                allow_module_level=True)
-_missing = missing_tools("debootstrap", "systemd-nspawn", "ip", "ssh", "ssh-keygen")
-if _missing:
-    pytest.skip(f"needs the apt packages {', '.join(_missing)}", allow_module_level=True)
+skip_module_unless_root_with("debootstrap", "systemd-nspawn", "ip", "ssh", "ssh-keygen",
+                             why="debootstrap, chroot, netns, systemd-nspawn")
 
 SNAPSHOTS = Path(__file__).parents[1] / "fixtures" / "snapshots"
 # gpu01 runs hot (thermal slowdown: CRITICAL), the other two are healthy.

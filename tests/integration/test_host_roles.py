@@ -32,16 +32,14 @@ from tests.fixtures.debian_root import (
     missing_tools,
     nspawn_boot_problem,
     run_playbook,
+    skip_module_unless_root_with,
 )
 from tests.fixtures.fleet_hosts import build_wheelhouse
 
 pytestmark = pytest.mark.slow
 
-if os.geteuid() != 0:
-    pytest.skip("needs root (debootstrap, chroot, mount, losetup)", allow_module_level=True)
-_missing = missing_tools("debootstrap", "dpkg-deb", "apt-ftparchive", "gpg")
-if _missing:
-    pytest.skip(f"needs the apt packages {', '.join(_missing)}", allow_module_level=True)
+skip_module_unless_root_with("debootstrap", "dpkg-deb", "apt-ftparchive", "gpg",
+                             why="debootstrap, chroot, mount, losetup")
 
 LAB_CONFIG = {
     "health": {"temperature": {"crit_c": 88, "warn_c": 80}},

@@ -22,15 +22,18 @@ import yaml
 
 from tests.fixtures import fake_apt_repo as fake
 from tests.fixtures import ubuntu_root
-from tests.fixtures.debian_root import REPO, DebianRoot, changed_tasks, missing_tools, run_playbook
+from tests.fixtures.debian_root import (
+    REPO,
+    DebianRoot,
+    changed_tasks,
+    run_playbook,
+    skip_module_unless_root_with,
+)
 
 pytestmark = pytest.mark.slow
 
-if os.geteuid() != 0:
-    pytest.skip("needs root (debootstrap, chroot, mount)", allow_module_level=True)
-_missing = missing_tools("debootstrap", "dpkg-deb", "apt-ftparchive", "gpg")
-if _missing:
-    pytest.skip(f"needs the apt packages {', '.join(_missing)}", allow_module_level=True)
+skip_module_unless_root_with("debootstrap", "dpkg-deb", "apt-ftparchive", "gpg",
+                             why="debootstrap, chroot, mount")
 
 # The Debian test's lab config and session wheelhouse (cp311 wheels: the root's venv runs
 # Ubuntu's python3.11, the same minor version as this venv).
