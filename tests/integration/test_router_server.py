@@ -3,70 +3,22 @@
 The router sits in front of the stub upstream (tests/fixtures/router_stub.py, a wire-level
 simulator); the HTTP edge cases are sent as raw bytes, so what the server does with
 pipelining, ``Expect: 100-continue``, chunked bodies and oversized heads is seen on the
-wire. ``running_fast_router`` is also what test_router_stub.py runs its cases through.
+wire. ``running_router`` is also what test_router_stub.py runs its cases through.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from hlctl.router.app import Router, _server_error_body
-from hlctl.router.config import RouterSettings
-from hlctl.router.server import FastServer
-from tests.fixtures.router_env import ENVIRON, USER_KEY, RunningRouter, router_settings
+from tests.fixtures.router_env import USER_KEY, RunningRouter, router_settings, running_router
 from tests.fixtures.router_stub import ServerThread, StubBehavior, StubUpstream
-
-
-@dataclass
-class _Url:
-    url: str
-
-
-@contextmanager
-def running_fast_router(settings: RouterSettings, state_dir: Path) -> Iterator[RunningRouter]:
-    """The router on its own server (as `router serve` runs it), in a thread of its own."""
-    router = Router(settings, environ=ENVIRON, state_dir=state_dir)
-    loop = asyncio.new_event_loop()
-    server = FastServer(router.dispatch, max_body=settings.max_body_bytes,
-                        error_body=_server_error_body)
-    ready = threading.Event()
-
-    async def start() -> None:
-        await router.startup()
-        await server.start("127.0.0.1", 0)
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(30), "the router did not start"
-
-    async def stop() -> None:
-        await server.close(grace_s=1)
-        await router.cleanup()
-
-    try:
-        yield RunningRouter(router, _Url(f"http://127.0.0.1:{server.port}"),  # type: ignore[arg-type]
-                            state_dir)
-    finally:
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(20)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 @pytest.fixture
@@ -79,8 +31,8 @@ def local() -> Iterator[tuple[StubUpstream, ServerThread]]:
 
 @pytest.fixture
 def hl(local: tuple[StubUpstream, ServerThread], tmp_path: Path) -> Iterator[RunningRouter]:
-    with running_fast_router(router_settings([local[1].url], None, max_body_bytes=4096),
-                             tmp_path) as running:
+    with running_router(router_settings([local[1].url], None, max_body_bytes=4096),
+                        tmp_path) as running:
         yield running
 
 
@@ -139,6 +91,12 @@ def test_expect_continue_and_a_chunked_request_body(hl: RunningRouter) -> None:
     (b"NONSENSE\r\n\r\n", b"400"),
     (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked"
      b"\r\n\r\n{}", b"400"),
+    ("POST /v1/chat/completions HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n{}".encode("latin-1"),
+     b"400"),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"+2\r\n{}\r\n0\r\n\r\n", b"400"),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"0_2\r\n{}\r\n0\r\n\r\n", b"400"),
 ])
 def test_bad_requests_get_an_error_and_the_connection_closes(hl: RunningRouter, data: bytes,
                                                              status: bytes) -> None:

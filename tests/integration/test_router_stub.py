@@ -25,10 +25,10 @@ from tests.fixtures.router_env import (
     USER_KEY,
     RunningRouter,
     router_settings,
+    running_aiohttp_router,
     running_router,
 )
 from tests.fixtures.router_stub import ServerThread, StubBehavior, StubUpstream
-from tests.integration.test_router_server import running_fast_router
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -54,7 +54,7 @@ Runner = Callable[..., AbstractContextManager[RunningRouter]]
 
 @pytest.fixture(params=["own-server", "aiohttp"])
 def serve(request: pytest.FixtureRequest) -> Runner:
-    return running_fast_router if request.param == "own-server" else running_router
+    return running_router if request.param == "own-server" else running_aiohttp_router
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ def json_reply(body: Any, status: int = 200) -> Reply:
     return Reply(status, json.dumps(body).encode())
 
 
-def _server_error_body(status: int, message: str) -> bytes:
+def server_error_body(status: int, message: str) -> bytes:
     # Errors the HTTP layer answers before a handler runs (bad request line, 431 ...).
     return error_body(message, "bad_request" if status < 500 else "server_error",
                       "invalid_request_error" if status < 500 else "server_error")
@@ -511,7 +511,7 @@ async def serve_forever(router: Router, host: str, port: int) -> None:
     """
     await router.startup()
     server = FastServer(router.dispatch, max_body=router.settings.max_body_bytes,
-                        error_body=_server_error_body)
+                        error_body=server_error_body)
     # The process is the router's alone. What is loaded now lives as long as it: keep the
     # cyclic GC from walking it, and collect young objects less often (a request makes a
     # few hundred short-lived objects, nearly all freed by reference counting).

@@ -228,10 +228,7 @@ class ChunkedDecoder:
                     break
                 pos = eol + 2
                 continue  # a trailer field: nothing the router needs
-            try:
-                size = int(data[pos:eol], 16)
-            except ValueError:
-                size = _chunk_size(data[pos:eol])
+            size = _chunk_size(data[pos:eol])
             pos = eol + 2
             if size <= 0:
                 if size < 0:
@@ -249,6 +246,9 @@ class ChunkedDecoder:
         return out[0] if len(out) == 1 else b"".join(out)
 
 
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+
+
 def _whole_chunks(data: bytes) -> tuple[bytes, bool] | None:
     """Decode reads made of whole chunks with C-speed splits (a stream's usual reads).
 
@@ -262,6 +262,8 @@ def _whole_chunks(data: bytes) -> tuple[bytes, bool] | None:
         return None
     sizes = parts[0::2]
     payloads = parts[1::2]
+    if b"".join(sizes).translate(None, _HEX_DIGITS):
+        return None  # not plain hex digits: the exact decoder says what is wrong
     try:
         lengths = [int(size, 16) for size in sizes]
     except ValueError:  # an extension (1a;name=value) or not a size at all
@@ -277,11 +279,13 @@ def _whole_chunks(data: bytes) -> tuple[bytes, bool] | None:
 
 
 def _chunk_size(line: bytes) -> int:
-    """A chunk-size line with extensions (``1a;name=value``)."""
-    try:
-        return int(line.split(b";", 1)[0], 16)
-    except ValueError:
-        raise UpstreamClosed("bad chunk size") from None
+    """A chunk-size line, extensions (``1a;name=value``) ignored. Hex digits only: int()
+    would also take a sign, spaces and underscores ("+5", " 5", "1_0"), which another HTTP
+    parser on the path could read differently (request smuggling)."""
+    digits = line.split(b";", 1)[0] if b";" in line else line
+    if not digits or len(digits) > 16 or digits.translate(None, _HEX_DIGITS):
+        raise UpstreamClosed("bad chunk size")
+    return int(digits, 16)
 
 
 class Response:

@@ -275,7 +275,8 @@ class HttpProtocol(asyncio.Protocol, Sink):
             pending.chunked = ChunkedDecoder()
         elif "content-length" in headers:
             raw = headers["content-length"]
-            if not raw.isdigit():
+            # ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses.
+            if not (raw.isascii() and raw.isdigit()):
                 raise _BadRequest(400, "bad Content-Length")
             pending.length = int(raw)
             pending.inbound.content_length = pending.length
