@@ -132,3 +132,42 @@ def test_legacy_completions_local(hl: RunningRouter) -> None:
     assert raw.headers["x-hl-routed-to"] == "local"
     assert raw.parse().choices[0].text
     assert hl.ledger_rows(wait_for=1)[0]["completion_tokens"] > 0
+
+
+def test_a_prompt_too_long_for_the_local_context_goes_to_the_cloud(
+        llamas: tuple[LlamaServer, LlamaServer], tmp_path: Path) -> None:
+    """The router's estimate lets the prompt through (the backend claims 8192 tokens), the
+    real llama-server counts it and refuses (HTTP 400, exceed_context_size_error): auto
+    traffic is answered by the cloud, streaming or not; a private request gets llama-server's
+    own 400; the local backend is not marked down for it."""
+    binary, model = require_llama()
+    small = start_llama_server(model, ("-c", "256", "-np", "1", "-t", "1", "--no-warmup"),
+                               binary=binary)
+    try:
+        settings = router_settings([small.url], llamas[1].url,
+                                   timeouts={"first_chunk_s": 60, "response_s": 60,
+                                             "connect_s": 2})
+        # ~500 tokens: over the small server's 256, within the cloud's 1,024 per slot.
+        long_prompt = [{"role": "user", "content": "Name the colours of the sea. " * 60}]
+        with running_router(settings, tmp_path) as hl:
+            for stream in (False, True):
+                raw = client(hl).chat.completions.with_raw_response.create(
+                    model="auto", messages=long_prompt, max_tokens=4, stream=stream)
+                assert raw.headers["x-hl-routed-to"] == "cloud", raw.headers
+                assert raw.headers["x-hl-route-reason"] == "fallback:context-overflow"
+                answer = raw.parse()
+                if stream:
+                    assert "".join(c.choices[0].delta.content or "" for c in answer
+                                   if c.choices)
+                else:
+                    assert answer.choices[0].message.content
+            private = client(hl, default_headers={"X-HL-Private": "1"})
+            with pytest.raises(openai.BadRequestError) as info:
+                private.chat.completions.create(model="auto", messages=long_prompt,
+                                                max_tokens=4)
+            assert "exceeds the available context size" in str(info.value)
+            rows = hl.ledger_rows(wait_for=3)
+            assert [r["route"] for r in rows] == ["cloud", "cloud", "local"]
+            assert hl.router.pool.pick_local() is not None  # still up
+    finally:
+        small.stop()

@@ -46,11 +46,13 @@ from hlctl.router.policy import (
 from hlctl.router.power import PowerMeter
 from hlctl.router.pricing import CloudPrices, EnergyPrice, Timings, Usage, cost
 from hlctl.router.relay import (
+    CONTEXT_OVERFLOW,
     Outcome,
     PassThrough,
     SseResponse,
     StreamRelay,
     UpstreamFailure,
+    is_context_overflow,
     parse_kept_chunks,
     post_json,
 )
@@ -395,6 +397,13 @@ class _Exchange:
                     if decision.target == "cloud":
                         router.metrics.fallbacks.labels(failure.kind).inc()
                 except PassThrough as passed:
+                    if (backend is not None and backend.kind == "local" and decision.fallback
+                            and is_context_overflow(passed.status, passed.body)):
+                        # Longer than the local context, which the router's estimate
+                        # missed: the cloud answers it; the local backend stays up.
+                        decision = decide_fallback(decision, CONTEXT_OVERFLOW)
+                        router.metrics.fallbacks.labels(CONTEXT_OVERFLOW).inc()
+                        continue
                     outcome.status = passed.status
                     return Reply(passed.status, passed.body, self._headers(decision, backend))
             assert decision.error is not None
@@ -449,6 +458,8 @@ class _Exchange:
                                           total_s=timeouts.response_s)
             received = time.perf_counter()
             router.pool.report_success(backend)
+            if backend.kind == "local" and is_context_overflow(status, raw):
+                raise PassThrough(status, raw)  # run() decides: the cloud, or this answer
             outcome.status = status
             try:
                 parsed = json.loads(raw)

@@ -90,6 +90,17 @@ def error_frame(message: str, code: str, type_: str = "upstream_error") -> bytes
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
+# The fallback reason for a prompt longer than llama-server's context.
+CONTEXT_OVERFLOW = "context-overflow"
+
+
+def is_context_overflow(status: int, body: bytes) -> bool:
+    """llama-server's answer to a prompt longer than its context (HTTP 400, error type
+    exceed_context_size_error), which it counted exactly where the router only estimated:
+    something the local model cannot do, not a failure of it."""
+    return status == 400 and b"exceed_context_size_error" in body
+
+
 def _failure_for_status(status: int, backend: Backend) -> UpstreamFailure | None:
     if status >= 500 or status == 429:
         return UpstreamFailure(f"status-{status}")
