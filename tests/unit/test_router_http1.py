@@ -12,11 +12,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from hlctl.router.chunked import BadChunkedFraming, ChunkedDecoder
 from hlctl.router.http1 import (
-    ChunkedDecoder,
     ConnectFailed,
     Http1Client,
-    UpstreamClosed,
     build_head,
     parse_url,
 )
@@ -42,9 +41,10 @@ def test_chunked_decoder_any_read_boundaries(seed: int) -> None:
     assert b"".join(got) == b"".join(payloads)
 
 
-@pytest.mark.parametrize("wire", [b"zz\r\nabc\r\n", b"3\r\nabcXY", b"-3\r\nabc\r\n"])
+@pytest.mark.parametrize("wire", [b"zz\r\nabc\r\n", b"3\r\nabcXY", b"-3\r\nabc\r\n",
+                                  b"+3\r\nabc\r\n", b"0_3\r\nabc\r\n", b" 3\r\nabc\r\n"])
 def test_chunked_decoder_rejects_bad_framing(wire: bytes) -> None:
-    with pytest.raises(UpstreamClosed):
+    with pytest.raises(BadChunkedFraming):
         ChunkedDecoder().feed(wire)
 
 

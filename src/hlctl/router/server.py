@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
 
-from hlctl.router.http1 import ChunkedDecoder, UpstreamClosed
+from hlctl.router.chunked import BadChunkedFraming, ChunkedDecoder
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class HttpProtocol(asyncio.Protocol, Sink):
             self.keep_alive = False
             self._reply_now(Reply(exc.status, self.server.error_body(exc.status, str(exc))))
             return
-        except UpstreamClosed:  # the chunked decoder's complaint about the request body
+        except BadChunkedFraming:  # the request body's framing
             self.pending = None
             self.keep_alive = False
             self._reply_now(Reply(400, self.server.error_body(400, "bad chunked body")))
