@@ -182,3 +182,25 @@ def test_serve_on_a_path_it_cannot_take_is_one_line(short_tmp: Path) -> None:
     assert run.returncode != 0
     assert "cannot listen on" in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_each_answer_reads_the_config_afresh(short_tmp: Path) -> None:
+    """The agent keeps imports warm, never results: a config edited between two requests
+    shows in the second answer without a restart."""
+    from hlctl.cli.agent import status_answer
+    from hlctl.context import AppContext
+
+    config = short_tmp / "hlctl.yaml"
+    config.write_text(f"models_dir: {short_tmp / 'one'}\nstate_dir: {short_tmp / 'state'}\n")
+    environ = {"DOCKER_HOST": "unix:///nonexistent"}
+    listener = bind_listener(short_tmp / "a.sock")
+    thread = _serve_in_thread(
+        listener, lambda: status_answer(AppContext(config_path=config, environ=environ)),
+        idle_exit_s=1)
+    first = json.loads(ask_agent(str(short_tmp / "a.sock")) or b"null")
+    config.write_text(f"models_dir: {short_tmp / 'two'}\nstate_dir: {short_tmp / 'state'}\n")
+    second = json.loads(ask_agent(str(short_tmp / "a.sock")) or b"null")
+    thread.join(timeout=10)
+    listener.close()
+    assert first["models_dir"]["path"] == str(short_tmp / "one")
+    assert second["models_dir"]["path"] == str(short_tmp / "two")
