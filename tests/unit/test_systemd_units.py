@@ -131,10 +131,10 @@ def test_templates_name_every_variable_they_need() -> None:
         _render(name, gpu_healthcheck_hlctl_bin="/x")  # complete with VARIABLES
 
 
-def _agent_unit(name: str, hlctl: str = "/usr/local/bin/hlctl") -> str:
+def _agent_unit(name: str, hlctl: str = "/usr/local/bin/hlctl", group: str = "") -> str:
     return _render(name, AGENT_TEMPLATES, hlctl_agent_bin_link=hlctl,
                    hlctl_agent_idle_exit_s=300, hlctl_agent_config_dir="/etc/hlctl",
-                   hlctl_agent_state_dir="/var/lib/hlctl")
+                   hlctl_agent_state_dir="/var/lib/hlctl", hlctl_agent_socket_group=group)
 
 
 def test_systemd_analyze_verify_accepts_the_agent_units(tmp_path: Path) -> None:
@@ -165,3 +165,9 @@ def test_agent_socket_is_roots_and_starts_the_idle_exiting_agent() -> None:
     assert "HLCTL_CONFIG=/etc/hlctl/hlctl.yaml" in service["Environment"]
     assert service["ProtectSystem"] == ["strict"] and service["NoNewPrivileges"] == ["yes"]
     assert service["ReadWritePaths"] == ["-/var/lib/hlctl"]
+
+
+def test_agent_socket_group_opens_it_to_that_group_alone() -> None:
+    assert "SocketGroup" not in _settings(_agent_unit("hlctl-agent.socket"))["Socket"]
+    shared = _settings(_agent_unit("hlctl-agent.socket", group="sudo"))["Socket"]
+    assert shared["SocketGroup"] == ["sudo"] and shared["SocketMode"] == ["0660"]
